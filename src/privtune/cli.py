@@ -1,0 +1,147 @@
+"""privtune command line: parses, validates, calls the library, prints. Bad input → one line on stderr, exit 2."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from .errors import PrivtuneError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Private post-training of language models.")
+privacy_app = typer.Typer(no_args_is_help=True, help="Privacy conversions (MI ↔ ε ↔ MIA posterior bound).")
+app.add_typer(privacy_app, name="privacy")
+
+
+def _fail(msg: str, code: int = 2):
+    typer.echo(f"error: {msg}", err=True)
+    raise typer.Exit(code)
+
+
+class _Progress:
+    """tqdm bar on stderr driven by the library's events (the library itself never prints)."""
+
+    def __init__(self, desc: str, quiet: bool = False):
+        self.desc, self.quiet, self.bar = desc, quiet, None
+
+    def __call__(self, ev: dict) -> None:
+        if self.quiet:
+            return
+        from tqdm import tqdm
+
+        kind = ev.get("event")
+        if kind == "status":
+            typer.echo(ev["message"], err=True)
+        elif kind == "start":
+            self.bar = tqdm(total=ev["steps"], initial=ev["step"], desc=self.desc, unit="step", dynamic_ncols=True,
+                            file=sys.stderr)
+        elif kind == "step" and self.bar is not None:
+            self.bar.update(ev["step"] - self.bar.n)
+            if "train_loss" in ev:
+                self.bar.set_postfix(loss=f"{ev['train_loss']:.4f}", refresh=False)
+        elif kind == "eval":
+            msg = f"eval accuracy at step {ev['step']}: {ev['accuracy']:.4f} ({ev['correct']}/{ev['total']})"
+            (self.bar.write(msg, file=sys.stderr) if self.bar else typer.echo(msg, err=True))
+        elif kind in ("done", "stopped") and self.bar is not None:
+            self.bar.close()
+
+
+def _run(fn):
+    try:
+        return fn()
+    except PrivtuneError as e:
+        _fail(str(e))
+    except KeyboardInterrupt:
+        _fail("interrupted; continue with --resume", 130)
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": False})
+def train(
+    ctx: typer.Context,
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML config file"),
+    resume: bool = typer.Option(False, "--resume", help="continue the run in out_dir from its last checkpoint"),
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
+):
+    """Train: privtune train --config FILE [key.sub=value ...]"""
+    from . import config as C
+    from .train import train as run_train
+
+    def go():
+        cfg = C.load(config, ctx.args)
+        return run_train(cfg, resume=resume, callback=_Progress(cfg.method.name, quiet))
+
+    result = _run(go)
+    typer.echo(json.dumps(result))
+
+
+@app.command("eval")
+def eval_cmd(
+    run_dir: Optional[Path] = typer.Argument(None, help="a run directory (evaluates its trained model)"),
+    model: Optional[str] = typer.Option(None, "--model", help="evaluate a base model zero-shot instead"),
+    task: str = typer.Option("sst2", "--task"),
+    split: str = typer.Option("dev", "--split", help="dev/test (the task's eval split) or train"),
+    limit: Optional[int] = typer.Option(None, "--limit", help="first N examples only"),
+    template: Optional[str] = typer.Option(None, "--template"),
+    verbalizer: Optional[str] = typer.Option(None, "--verbalizer", help="comma-separated, e.g. ' negative, positive'"),
+    out: Optional[Path] = typer.Option(None, "--out", help="write the result JSON here"),
+):
+    """Accuracy of a trained run (RUN_DIR) or of a base model (--model NAME) on a task split."""
+    from .evaluate import evaluate_base, evaluate_run
+
+    def go():
+        if (run_dir is None) == (model is None):
+            raise PrivtuneError("eval: give exactly one of RUN_DIR or --model")
+        verb = verbalizer.split(",") if verbalizer is not None else None
+        if run_dir is not None:
+            return evaluate_run(run_dir, split=split, limit=limit)
+        return evaluate_base(model, task, split=split, limit=limit, template=template, verbalizer=verb)
+
+    result = _run(go)
+    if out is not None:
+        from .rundir import atomic_write_json
+
+        atomic_write_json(out, result)
+    typer.echo(json.dumps(result))
+
+
+@app.command()
+def replay(
+    run_dir: Path = typer.Argument(..., help="run directory with transcript.jsonl"),
+    verify: bool = typer.Option(False, "--verify", help="compare the rebuilt weights with model/ bit for bit"),
+    out: Optional[Path] = typer.Option(None, "--out", help="save the rebuilt weights (safetensors)"),
+):
+    """Rebuild the trained weights from the base model and the transcript (public seeds + released values)."""
+    from . import replay as RP
+
+    def go():
+        state = RP.replay(run_dir)
+        if out is not None:
+            from .rundir import atomic_save_tensors
+
+            atomic_save_tensors(out, state)
+        return RP.verify(run_dir, state) if verify else (True, f"rebuilt {len(state)} tensors")
+
+    ok, msg = _run(go)
+    typer.echo(f"replay: {msg}")
+    if not ok:
+        raise typer.Exit(1)
+
+
+def main():
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+        hf_logging.set_verbosity_error()
+    except Exception:  # pragma: no cover
+        pass
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,389 @@
+"""Tasks, prompt templates, verbalizers, balanced pools and seeded batches.
+
+A task is two lists of `Example`s (train, eval), a prompt template with one `{text}` slot, and a verbalizer: one
+word per label, scored by the model at the end of the prompt. Built-in tasks (`TASKS`) read the shared data dir
+(`data_dir()`); a custom task names its own .tsv/.csv/.jsonl files.
+
+Privacy hygiene: error messages name the file, the row and the column, never a row's text.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+import numpy as np
+
+from .errors import ConfigError, DataError
+
+DEFAULT_DATA_DIR = Path(__file__).resolve().parents[2] / ".." / "shared" / "data"  # <repo>/../shared/data
+EXTENSIONS = (".tsv", ".csv", ".jsonl")
+_INT = re.compile(r"[+-]?[0-9]+")
+_SHOWN = 40  # longest label value / column name an error message quotes; longer ones may be training text
+
+
+def data_dir() -> Path:
+    """The shared data dir: $PRIVTUNE_DATA if set, else <repo>/../shared/data. Read at call time."""
+    return Path(os.environ.get("PRIVTUNE_DATA") or DEFAULT_DATA_DIR).expanduser().resolve()
+
+
+def __getattr__(name: str) -> Any:  # `data.DATA_DIR` is evaluated on access, so PRIVTUNE_DATA set later still counts
+    if name == "DATA_DIR":
+        return data_dir()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+@dataclass(frozen=True)
+class Example:
+    text: str
+    label: int
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """A built-in task: files relative to `data_dir()`, how labels are written there, default prompt."""
+
+    train: str
+    eval: str
+    n_labels: int
+    label_names: tuple[str, ...] | None  # None: the files hold integer labels 0..n_labels-1
+    template: str
+    verbalizer: tuple[str, ...]
+
+
+TASKS: dict[str, TaskSpec] = {
+    "sst2": TaskSpec(
+        train="sst2/train.tsv",
+        eval="sst2/dev.tsv",
+        n_labels=2,
+        label_names=None,  # 0 negative, 1 positive
+        template="Review: {text}\nSentiment:",
+        verbalizer=(" negative", " positive"),
+    ),
+    "agnews": TaskSpec(
+        train="agnews/train.tsv",
+        eval="agnews/test.tsv",
+        n_labels=4,
+        label_names=("World", "Sports", "Business", "Sci/Tech"),
+        template="Article: {text}\nTopic:",
+        verbalizer=(" world", " sports", " business", " science"),
+    ),
+}
+
+
+@dataclass
+class Task:
+    name: str
+    template: str
+    verbalizer: list[str]  # verbalizer[label] is the word the model should put after the prompt
+    train: list[Example]
+    eval: list[Example]
+
+    @property
+    def n_labels(self) -> int:
+        return len(self.verbalizer)
+
+
+def render(template: str, text: str) -> str:
+    """The prompt for one text. Plain replace, not str.format: texts contain braces."""
+    return template.replace("{text}", text.rstrip())
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Loading files
+
+
+def _shown(value: object) -> str:
+    """A value for an error message: quoted if short, else only its length (it may be a row's text)."""
+    s = str(value)
+    if len(s) > _SHOWN or "\n" in s:
+        return f"<a {len(s)}-character value>"
+    return repr(s)
+
+
+def _columns(names: Sequence[str]) -> str:
+    return ", ".join(_shown(n) for n in names)
+
+
+def _rows_delimited(path: Path, content: str, delimiter: str, quoting: int,
+                    text_column: str, label_column: str) -> Iterator[tuple[int, int, Any, Any]]:
+    """(row, line, text, label) for each data row of a .tsv/.csv file; row 1 is the first line after the header."""
+    reader = csv.reader(io.StringIO(content), delimiter=delimiter, quoting=quoting, strict=True)
+    try:
+        header = next(reader, None)
+        if header is None:
+            raise DataError(f"{path}: file is empty (expected a header line naming the columns)")
+        header = [h.strip() for h in header]
+        dupes = sorted({h for h in header if header.count(h) > 1})
+        if dupes:
+            raise DataError(f"{path}: duplicate column name(s) in the header: {_columns(dupes)}")
+        for col in (text_column, label_column):
+            if col not in header:
+                raise DataError(f"{path}: missing column {col!r} (columns found: {_columns(header)}); "
+                                "does the file start with a header line?")
+        ti, li = header.index(text_column), header.index(label_column)
+        row = 0
+        for fields in reader:
+            if not fields:  # blank line
+                continue
+            row += 1
+            if len(fields) != len(header):
+                raise DataError(f"{path}: row {row} (line {reader.line_num}) has {len(fields)} fields, "
+                                f"expected {len(header)} like the header")
+            yield row, reader.line_num, fields[ti], fields[li]
+    except csv.Error as e:
+        raise DataError(f"{path}: malformed {path.suffix} near line {reader.line_num}: {e}") from None
+
+
+def _rows_jsonl(path: Path, content: str,
+                text_column: str, label_column: str) -> Iterator[tuple[int, int, Any, Any]]:
+    """(row, line, text, label) for each JSON object in a .jsonl file; blank lines are skipped."""
+    row = 0
+    for line_no, line in enumerate(content.splitlines(), start=1):
+        if not line.strip():
+            continue
+        row += 1
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:  # e.msg describes the syntax error without quoting the line
+            raise DataError(f"{path}: line {line_no} is not valid JSON ({e.msg} at column {e.colno})") from None
+        if not isinstance(obj, dict):
+            raise DataError(f"{path}: line {line_no} is a JSON {type(obj).__name__}, expected an object "
+                            f"with {text_column!r} and {label_column!r} fields")
+        for col in (text_column, label_column):
+            if col not in obj:
+                raise DataError(f"{path}: row {row} (line {line_no}) has no {col!r} field "
+                                f"(fields found: {_columns(list(obj))})")
+        yield row, line_no, obj[text_column], obj[label_column]
+
+
+def _parse_label(value: Any, names: dict[str, int] | None, n_labels: int | None,
+                 where: Callable[[str], str]) -> int:
+    """The integer label of one row. `where(subject)` gives "<path>: <subject> at row R (line L)" for errors."""
+    if names is not None and isinstance(value, str) and value.strip() in names:
+        return names[value.strip()]
+    if isinstance(value, int) and not isinstance(value, bool):
+        label = value
+    elif isinstance(value, str) and _INT.fullmatch(value.strip()):
+        label = int(value.strip())
+    elif names is not None:
+        raise DataError(f"{where(f'label {_shown(value)}')} is not one of the verbalizer's labels "
+                        f"({_columns(list(names))})")
+    else:
+        raise DataError(f"{where(f'label {_shown(value)}')} is not an integer "
+                        "(pass label_names to map label names to integers)")
+    if label < 0 or (n_labels is not None and label >= n_labels):
+        bound = f"[0, {n_labels})" if n_labels is not None else ">= 0"
+        raise DataError(f"{where(f'label {label}')} is out of range {bound}")
+    return label
+
+
+def load_examples(path: str | os.PathLike, text_column: str = "text", label_column: str = "label",
+                  label_names: Sequence[str] | None = None, n_labels: int | None = None) -> list[Example]:
+    """Examples from a .tsv (tab-separated, no quoting), .csv or .jsonl file with a text and a label column.
+
+    Labels are integers (or integer strings), or names mapped through `label_names` (name → its index). With
+    `n_labels` (default: len(label_names) if given) every label must lie in [0, n_labels). Texts are stripped of
+    surrounding whitespace. Raises DataError (message names the file and row) or ConfigError (bad arguments).
+    """
+    if not isinstance(text_column, str) or not text_column:
+        raise ConfigError(f"task.text_column: must be a non-empty column name, got {text_column!r}")
+    if not isinstance(label_column, str) or not label_column:
+        raise ConfigError(f"task.label_column: must be a non-empty column name, got {label_column!r}")
+    if text_column == label_column:
+        raise ConfigError(f"task.label_column: must differ from task.text_column (both are {text_column!r})")
+    names = None
+    if label_names is not None:
+        if isinstance(label_names, str) or not all(isinstance(n, str) and n.strip() for n in label_names):
+            raise ConfigError("task.label_names: must be a list of non-empty strings")
+        label_names = [n.strip() for n in label_names]
+        if len(set(label_names)) != len(label_names) or not label_names:
+            raise ConfigError(f"task.label_names: must be distinct and non-empty, got {label_names}")
+        names = {n: i for i, n in enumerate(label_names)}
+        if n_labels is None:
+            n_labels = len(label_names)
+        elif n_labels != len(label_names):
+            raise ConfigError(f"task.label_names: {len(label_names)} names for {n_labels} labels")
+    if n_labels is not None and (isinstance(n_labels, bool) or not isinstance(n_labels, int) or n_labels < 1):
+        raise ConfigError(f"task.n_labels: must be a positive integer, got {n_labels!r}")
+
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{path}: file not found")
+    if path.is_dir():
+        raise DataError(f"{path}: is a directory, expected a {', '.join(EXTENSIONS)} file")
+    suffix = path.suffix.lower()
+    if suffix not in EXTENSIONS:
+        raise DataError(f"{path}: unsupported file type {path.suffix or '(no extension)'!r} "
+                        f"(use {', '.join(EXTENSIONS)})")
+    try:
+        with path.open(encoding="utf-8-sig", newline="") as f:  # -sig: tolerate a byte-order mark
+            content = f.read()
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: not UTF-8 text (invalid byte at offset {e.start}); re-save it as UTF-8") from None
+    except OSError as e:
+        raise DataError(f"{path}: cannot read ({e.strerror})") from None
+    if not content.strip():
+        raise DataError(f"{path}: file is empty")
+
+    if suffix == ".jsonl":
+        rows = _rows_jsonl(path, content, text_column, label_column)
+    elif suffix == ".tsv":  # SST-2 text holds bare quotes: no quoting at all
+        rows = _rows_delimited(path, content, "\t", csv.QUOTE_NONE, text_column, label_column)
+    else:
+        rows = _rows_delimited(path, content, ",", csv.QUOTE_MINIMAL, text_column, label_column)
+
+    examples = []
+    for row, line, text, label in rows:
+        def where(subject: str, row: int = row, line: int = line) -> str:
+            return f"{path}: {subject} at row {row} (line {line})"
+
+        if not isinstance(text, str):
+            raise DataError(where(repr(text_column)) + f" is a {type(text).__name__}, expected a string")
+        text = text.strip()
+        if not text:
+            raise DataError(where(f"text in column {text_column!r}") + " is empty")
+        examples.append(Example(text, _parse_label(label, names, n_labels, where)))
+    if not examples:
+        raise DataError(f"{path}: no examples (the file has a header but no rows)")
+    return examples
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Tasks
+
+
+def _check_template(template: Any) -> str:
+    if not isinstance(template, str):
+        raise ConfigError(f"task.template: must be a string, got {type(template).__name__}")
+    count = template.count("{text}")
+    if count != 1:
+        raise ConfigError(f"task.template: must contain {{text}} exactly once, found it {count} times")
+    return template
+
+
+def _check_verbalizer(verbalizer: Any) -> list[str]:
+    if isinstance(verbalizer, str) or not isinstance(verbalizer, (list, tuple)):
+        raise ConfigError("task.verbalizer: must be a list of label words, one per label")
+    if not all(isinstance(w, str) and w.strip() for w in verbalizer):
+        raise ConfigError("task.verbalizer: every entry must be a non-empty string")
+    if len(verbalizer) < 2:
+        raise ConfigError(f"task.verbalizer: needs at least 2 label words, got {len(verbalizer)}")
+    if len(set(verbalizer)) != len(verbalizer):
+        raise ConfigError(f"task.verbalizer: entries must be distinct, got {list(verbalizer)}")
+    return list(verbalizer)
+
+
+def load_task(name: str, *, train_path: str | os.PathLike | None = None,
+              eval_path: str | os.PathLike | None = None, text_column: str = "text", label_column: str = "label",
+              label_names: Sequence[str] | None = None, template: str | None = None,
+              verbalizer: Sequence[str] | None = None, eval_limit: int | None = None) -> Task:
+    """A built-in task ("sst2", "agnews"; any argument overrides the default) or "custom" (paths, template and
+    verbalizer required). Labels index the verbalizer, so every label must be < len(verbalizer). With eval_limit,
+    eval keeps the first eval_limit examples in file order."""
+    if name == "custom":
+        for field, value in (("train_path", train_path), ("eval_path", eval_path),
+                             ("template", template), ("verbalizer", verbalizer)):
+            if value is None:
+                raise ConfigError(f"task.{field}: required for a custom task")
+        spec = None
+    elif name in TASKS:
+        spec = TASKS[name]
+    else:
+        raise ConfigError(f"task.name: unknown task {name!r} (choose from {', '.join([*TASKS, 'custom'])})")
+
+    template = _check_template(template if template is not None else spec.template)
+    verbalizer = _check_verbalizer(verbalizer if verbalizer is not None else list(spec.verbalizer))
+    if label_names is None and spec is not None:
+        label_names = spec.label_names
+    if label_names is not None and not isinstance(label_names, str) and len(label_names) != len(verbalizer):
+        raise ConfigError(f"task.label_names: {len(label_names)} names but task.verbalizer has "
+                          f"{len(verbalizer)} entries; they must match one to one")
+    if eval_limit is not None and (isinstance(eval_limit, bool) or not isinstance(eval_limit, int) or eval_limit < 1):
+        raise ConfigError(f"task.eval_limit: must be an integer >= 1, got {eval_limit!r}")
+
+    def resolve(given, default: str | None) -> Path:
+        if given is not None:
+            return Path(given)
+        path = data_dir() / default
+        if not path.exists():
+            raise DataError(f"{path}: file not found (built-in task {name!r} reads the data dir {data_dir()}; "
+                            "set PRIVTUNE_DATA to point elsewhere)")
+        return path
+
+    n_labels = len(verbalizer)
+    kwargs = dict(text_column=text_column, label_column=label_column, label_names=label_names, n_labels=n_labels)
+    train = load_examples(resolve(train_path, spec and spec.train), **kwargs)
+    eval_ = load_examples(resolve(eval_path, spec and spec.eval), **kwargs)
+    if eval_limit is not None:
+        eval_ = eval_[:eval_limit]
+    return Task(name=name, template=template, verbalizer=verbalizer, train=train, eval=eval_)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Pools and batches
+
+
+def _check_seed(seed: Any, field: str) -> None:
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ConfigError(f"{field}: must be a non-negative integer, got {seed!r}")
+
+
+def balanced_pool(examples: Sequence[Example], n: int, seed: int) -> list[int]:
+    """Indices into `examples` of a label-balanced sample of n, sorted ascending (file order).
+
+    Each label present gets n // k examples (k = number of labels present); the n % k leftovers go one each to
+    the lowest labels that have a spare example. Within a label the draw is uniform without replacement from
+    numpy.random.default_rng(seed), labels in ascending order. Same seed ⇒ same pool; when n is the whole
+    supply the pool is the same for every seed.
+    """
+    _check_seed(seed, "train.seed")
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)):
+        raise ConfigError(f"task.pool_size: must be an integer, got {n!r}")
+    by_label: dict[int, list[int]] = {}
+    for i, ex in enumerate(examples):
+        by_label.setdefault(ex.label, []).append(i)
+    labels = sorted(by_label)
+    k = len(labels)
+    if k == 0:
+        raise ConfigError("task.pool_size: there are no examples to draw a pool from")
+    if n < k:
+        raise ConfigError(f"task.pool_size: {n} is fewer than the {k} labels; a balanced pool needs at least "
+                          "one example per label")
+    base, extra = divmod(int(n), k)
+    supply = {lab: len(by_label[lab]) for lab in labels}
+    smallest = min(supply.values())
+    largest_pool = k * smallest + sum(s > smallest for s in supply.values())
+    spare = [lab for lab in labels if supply[lab] > base]
+    if base > smallest or len(spare) < extra:
+        short = min(labels, key=lambda lab: supply[lab])
+        raise ConfigError(f"task.pool_size: {n} is too large for a balanced pool: label {short} has only "
+                          f"{supply[short]} examples (largest balanced pool: {largest_pool})")
+    quota = {lab: base + (lab in spare[:extra]) for lab in labels}
+    rng = np.random.default_rng(int(seed))
+    pool = []
+    for lab in labels:
+        idx = by_label[lab]
+        pool.extend(idx[j] for j in rng.choice(len(idx), size=quota[lab], replace=False))
+    return sorted(pool)
+
+
+def sample_batch(pool_size: int, batch_size: int, seed: int, step: int) -> list[int]:
+    """Positions in the pool (0 ≤ p < pool_size) for training step `step`: batch_size distinct positions drawn by
+    numpy.random.default_rng([seed, step]), in draw order. A pure function of its arguments, so a resumed run
+    draws the same batches."""
+    _check_seed(seed, "train.seed")
+    _check_seed(step, "step")
+    for field, value in (("task.pool_size", pool_size), ("method.batch_size", batch_size)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+            raise ConfigError(f"{field}: must be an integer >= 1, got {value!r}")
+    if batch_size > pool_size:
+        raise ConfigError(f"method.batch_size: {batch_size} is larger than the pool ({pool_size} examples)")
+    rng = np.random.default_rng([int(seed), int(step)])
+    return [int(p) for p in rng.choice(int(pool_size), size=int(batch_size), replace=False)]

@@ -1,0 +1,76 @@
+"""The privacy ledger: the one writer of `privacy.json`.
+
+A charge is written atomically (temp file + fsync + rename) *before* the released value is applied, and is keyed by
+step, so a crash at any instant never loses a charge and a resumed run that recomputes a step never pays twice.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .errors import BudgetError, PrivtuneError
+from .rundir import PRIVACY, atomic_write_json
+
+BUDGET_SLACK = 1e-12  # float round-off allowed when the last step spends exactly what remains
+
+
+class Ledger:
+    def __init__(self, run_dir: Path, state: dict):
+        self.path = Path(run_dir) / PRIVACY
+        self.state = state
+
+    @classmethod
+    def create(cls, run_dir: Path, **fields) -> "Ledger":
+        state = {"spent": 0.0, "steps_done": 0, "last_charged_step": -1, **fields}
+        led = cls(run_dir, state)
+        led._write()
+        return led
+
+    @classmethod
+    def open(cls, run_dir: Path) -> "Ledger":
+        path = Path(run_dir) / PRIVACY
+        try:
+            state = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as e:
+            raise PrivtuneError(f"{path}: unreadable privacy ledger ({type(e).__name__})") from None
+        return cls(run_dir, state)
+
+    @property
+    def budget(self) -> float | None:
+        return self.state.get("budget")
+
+    @property
+    def spent(self) -> float:
+        return float(self.state["spent"])
+
+    def remaining(self) -> float:
+        b = self.budget
+        return float("inf") if b is None else max(float(b) - self.spent, 0.0)
+
+    def exhausted(self) -> bool:
+        b = self.budget
+        return b is not None and self.spent >= float(b) - BUDGET_SLACK and self.state.get("steps_total", 0) > self.state["steps_done"]
+
+    def charge(self, step: int, amount: float, **counters) -> None:
+        """Record step `step`'s cost. Idempotent: a step already charged (a recomputation after resume) pays nothing."""
+        if step <= int(self.state["last_charged_step"]):
+            return
+        if step != int(self.state["last_charged_step"]) + 1:
+            raise PrivtuneError(f"{self.path}: charge for step {step} but last charged step is {self.state['last_charged_step']}")
+        b = self.budget
+        if b is not None and self.spent + amount > float(b) + BUDGET_SLACK:
+            raise BudgetError(f"privacy budget: step {step} would spend {amount:.6g} with {self.remaining():.6g} nats left of {b}")
+        self.state["spent"] = self.spent + float(amount)
+        self.state["last_charged_step"] = step
+        self.state["steps_done"] = step + 1
+        for k, v in counters.items():
+            self.state[k] = self.state.get(k, 0) + v
+        self._write()
+
+    def update(self, **fields) -> None:
+        self.state.update(fields)
+        self._write()
+
+    def _write(self) -> None:
+        atomic_write_json(self.path, self.state)

@@ -1,0 +1,62 @@
+"""Method registry: one file per mechanism, each a config class + a `Method` subclass that says what is different.
+
+A method's `step(t)` returns a `Release`: the updates (direction seed, coefficient) to apply as
+θ ← θ − lr·(Σ_k c_k z_k + λθ), the public values released at this step, and the privacy cost to charge first.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+
+_MODULES = ["mezo"]  # extended as methods land: paczero, dpzero, dpzo, ...
+
+
+@dataclass
+class Release:
+    updates: list[tuple[int, float]]
+    public: dict = field(default_factory=dict)  # released values → transcript and metrics
+    charge: float = 0.0  # privacy cost of this step, charged to the ledger before the update is applied
+    counters: dict = field(default_factory=dict)  # ledger counters (e.g. unanimous steps, coin flips)
+    monitor: dict = field(default_factory=dict)  # monitoring values a non-private method may log (never per-example)
+
+
+class Method:
+    """Base class. Subclasses set `name`, `guarantee`, and implement `step`."""
+
+    name = "base"
+    guarantee = "none"
+
+    def __init__(self, cfg, engine, pool, run_seed: int, total_steps: int, secret=None):
+        self.cfg, self.engine, self.pool = cfg, engine, pool
+        self.run_seed, self.total_steps, self.secret = int(run_seed), int(total_steps), secret
+
+    def step(self, t: int) -> Release:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def ledger_fields(self) -> dict:
+        """Initial privacy.json fields (guarantee type, budget, assumptions)."""
+        return {"method": self.name, "guarantee": self.guarantee, "budget": None}
+
+    def private_state(self) -> dict:
+        """State that must survive a resume but never enters the run dir (e.g. a posterior over secret subsets)."""
+        return {}
+
+    def load_private_state(self, state: dict) -> None:
+        pass
+
+
+def _module(name: str):
+    return importlib.import_module(f"{__name__}.{name}")
+
+
+def config_classes():
+    return [_module(m).Config for m in _MODULES]
+
+
+def method_class(name: str) -> type[Method]:
+    for m in _MODULES:
+        mod = _module(m)
+        if mod.Config.model_fields["name"].default == name:
+            return mod.METHOD
+    raise KeyError(name)

@@ -1,0 +1,36 @@
+"""MeZO (Malladi et al. 2023, "Fine-Tuning Language Models with Just Forward Passes", Alg. 1): the non-private
+baseline. g = (ℓ(θ+εz) − ℓ(θ−εz)) / 2ε on a sampled batch; θ ← θ − η(g·z + λθ)."""
+
+from __future__ import annotations
+
+import math
+
+from ..config import MezoCfg as Config
+from ..data import sample_batch
+from ..errors import TrainingDiverged
+from ..zo.engine import direction_seed
+from . import Method, Release
+
+
+class Mezo(Method):
+    name = "mezo"
+    guarantee = "none"
+
+    def step(self, t: int) -> Release:
+        cfg = self.cfg
+        idx = sample_batch(len(self.pool), cfg.batch_size, self.run_seed, t)
+        updates, gs, losses = [], [], []
+        for k in range(cfg.directions):
+            seed = direction_seed(self.run_seed, t, k)
+            lp, lm = self.engine.pair_losses(self.pool, idx, seed, cfg.eps)
+            g = float(((lp - lm) / (2.0 * cfg.eps)).mean())
+            losses.append(float((lp.mean() + lm.mean()) / 2))
+            if not math.isfinite(g):
+                raise TrainingDiverged(f"training: loss is NaN/inf at step {t}")
+            updates.append((seed, g / cfg.directions))
+            gs.append(g)
+        return Release(updates=updates, public={"projected_grad": gs},
+                       monitor={"train_loss": sum(losses) / len(losses)})  # batch mean: MeZO promises no privacy
+
+
+METHOD = Mezo

@@ -1,0 +1,220 @@
+"""(ε, δ)-DP accounting for the DP zeroth-order baselines (DPZero, DP-ZO), through Google's dp_accounting.
+
+No privacy formula is written here: each function builds a dp_accounting DpEvent for `steps` releases of a
+(sub-sampled) Gaussian or Laplace mechanism and asks an accountant for ε at δ, or calibrates the noise with
+dp_accounting.mechanism_calibration.calibrate_dp_mechanism (which guarantees ε(noise) ≤ target).
+
+Noise parameters are always relative to C, the most one example can change the released sum (its
+add/remove-one L2 sensitivity; for Laplace the L1 sensitivity): the noise standard deviation is sigma·C.
+- sampling="poisson": each example joins each step's batch independently with probability `sampling_rate`;
+  neighbours differ by adding or removing one example (dp_accounting ADD_OR_REMOVE_ONE).
+- sampling="fixed": a batch of round(sampling_rate·N) distinct examples drawn uniformly without replacement;
+  neighbours differ by replacing one example (REPLACE_ONE), so the sensitivity is 2C. dp_accounting 0.6 is not
+  uniform here: its PLD accountant models REPLACE_ONE as a shift of 2 noise units by itself, while its RDP
+  rules (GaussianDpEvent, and SampledWithoutReplacementDpEvent after Wang, Balle & Kasiviswanathan,
+  AISTATS 2019, Thm. 27) take the noise relative to the replace-one sensitivity. We therefore hand the RDP
+  accountant sigma/2 under "fixed", so both accountants answer for the same mechanism. Sampling without
+  replacement at sampling_rate < 1 has an RDP rule only (ConfigError for "pld").
+- sampling_rate = 1 means every step uses the full data set: `steps` plain compositions of the mechanism
+  (neighbouring relation as above).
+
+Pure functions on floats; no torch, no I/O.
+"""
+
+from __future__ import annotations
+
+import math
+from fractions import Fraction
+
+import dp_accounting
+from dp_accounting import mechanism_calibration
+from dp_accounting.pld import pld_privacy_accountant
+from dp_accounting.rdp import rdp_privacy_accountant
+
+from privtune.errors import ConfigError
+
+ACCOUNTANTS = ("rdp", "pld")
+SAMPLINGS = ("poisson", "fixed")
+PLD_DISCRETIZATION = 1e-4  # dp_accounting's default value_discretization_interval for the PLD accountant
+
+_NeighborRel = dp_accounting.NeighboringRelation
+
+
+def _number(name: str, value) -> float:
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{name}: must be a number, got {value!r}") from None
+    if math.isnan(value):
+        raise ConfigError(f"{name}: must be a number, got nan")
+    return value
+
+
+def _check_common(steps, sampling_rate, delta, accountant, sampling, *, allow_zero_delta=False) -> tuple[int, float, float]:
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ConfigError(f"steps: must be an integer >= 1, got {steps!r}")
+    rate = _number("sampling_rate", sampling_rate)
+    if not 0.0 < rate <= 1.0:
+        raise ConfigError(f"sampling_rate: must be in (0, 1], got {rate}")
+    delta = _number("delta", delta)
+    if not ((0.0 <= delta < 1.0) if allow_zero_delta else (0.0 < delta < 1.0)):
+        raise ConfigError(f"delta: must be in {'[0, 1)' if allow_zero_delta else '(0, 1)'}, got {delta}")
+    if accountant not in ACCOUNTANTS:
+        raise ConfigError(f"accountant: must be one of {ACCOUNTANTS}, got {accountant!r}")
+    if sampling not in SAMPLINGS:
+        raise ConfigError(f"sampling: must be one of {SAMPLINGS}, got {sampling!r}")
+    return steps, rate, delta
+
+
+def _check_epsilon(epsilon) -> float:
+    epsilon = _number("epsilon", epsilon)
+    if not (epsilon > 0.0 and math.isfinite(epsilon)):
+        raise ConfigError(f"epsilon: must be finite and > 0, got {epsilon}")
+    return epsilon
+
+
+def _fixed_sizes(rate: float, dataset_size: int | None) -> tuple[int, int]:
+    """(source_dataset_size, sample_size) for sampling without replacement at `rate`."""
+    if dataset_size is None:
+        frac = Fraction(rate).limit_denominator(1_000_000)
+        return frac.denominator, frac.numerator
+    if isinstance(dataset_size, bool) or not isinstance(dataset_size, int) or dataset_size < 1:
+        raise ConfigError(f"dataset_size: must be an integer >= 1, got {dataset_size!r}")
+    sample_size = round(rate * dataset_size)
+    if sample_size < 1:
+        raise ConfigError(f"sampling_rate: {rate} x dataset_size {dataset_size} rounds to an empty batch")
+    return dataset_size, sample_size
+
+
+def _noise_for(accountant: str, sampling: str, x: float) -> float:
+    """The noise parameter dp_accounting expects for noise x·C (see the module docstring)."""
+    # RDP rules take noise relative to the replace-one sensitivity 2C  (Wang, Balle & Kasiviswanathan 2019)
+    return x / 2.0 if (accountant == "rdp" and sampling == "fixed") else x
+
+
+def _sampled(base: dp_accounting.DpEvent, steps: int, rate: float, sampling: str,
+             dataset_size: int | None) -> dp_accounting.DpEvent:
+    if rate == 1.0:
+        step = base
+    elif sampling == "poisson":
+        step = dp_accounting.PoissonSampledDpEvent(sampling_probability=rate, event=base)
+    else:
+        n, k = _fixed_sizes(rate, dataset_size)
+        step = dp_accounting.SampledWithoutReplacementDpEvent(source_dataset_size=n, sample_size=k, event=base)
+    return dp_accounting.SelfComposedDpEvent(event=step, count=steps)
+
+
+def _make_accountant(accountant: str, sampling: str):
+    relation = _NeighborRel.ADD_OR_REMOVE_ONE if sampling == "poisson" else _NeighborRel.REPLACE_ONE
+
+    def fresh():
+        if accountant == "rdp":
+            return rdp_privacy_accountant.RdpAccountant(neighboring_relation=relation)
+        return pld_privacy_accountant.PLDAccountant(neighboring_relation=relation,
+                                                    value_discretization_interval=PLD_DISCRETIZATION)
+
+    return fresh
+
+
+def _require_support(fresh, event, accountant, sampling, rate, mechanism) -> None:
+    if not fresh().supports(event):
+        raise ConfigError(
+            f"accountant: '{accountant}' cannot account the {mechanism} mechanism with sampling='{sampling}' and "
+            f"sampling_rate={rate} (dp_accounting has no rule for this combination)")
+
+
+def _epsilon(fresh, event, delta: float) -> float:
+    return float(fresh().compose(event).get_epsilon(delta))
+
+
+def gaussian_epsilon(sigma: float, steps: int, sampling_rate: float, delta: float, accountant: str = "rdp",
+                     sampling: str = "poisson", dataset_size: int | None = None) -> float:
+    """ε at δ after `steps` releases of the sub-sampled Gaussian mechanism with noise multiplier `sigma`.
+
+    See the module docstring for the neighbouring relation each `sampling` implies. sampling="fixed" with
+    sampling_rate < 1 is supported by the RDP accountant only (ConfigError for "pld"); `dataset_size` fixes
+    the integer batch size round(sampling_rate·N) (default: the smallest fraction equal to sampling_rate).
+    """
+    sigma = _number("sigma", sigma)
+    if not (sigma > 0.0 and math.isfinite(sigma)):
+        raise ConfigError(f"sigma: must be finite and > 0, got {sigma}")
+    steps, rate, delta = _check_common(steps, sampling_rate, delta, accountant, sampling)
+    fresh = _make_accountant(accountant, sampling)
+    event = _sampled(dp_accounting.GaussianDpEvent(noise_multiplier=_noise_for(accountant, sampling, sigma)),
+                     steps, rate, sampling, dataset_size)
+    _require_support(fresh, event, accountant, sampling, rate, "Gaussian")
+    # ε(δ) of the composed sub-sampled Gaussian (Mironov 2017 RDP / Koskela et al. 2020 PLD, via dp_accounting)
+    return _epsilon(fresh, event, delta)
+
+
+def _calibrate(fresh, make_event, epsilon: float, delta: float, tol: float) -> float:
+    """Smallest noise parameter x with ε(x) ≤ epsilon (ε decreasing in x), via dp_accounting's calibrator."""
+
+    def eps_at(x: float) -> float:
+        return _epsilon(fresh, make_event(x), delta)
+
+    lo, hi = 0.5, 1.0  # geometric search for eps_at(lo) > epsilon >= eps_at(hi)
+    while eps_at(hi) > epsilon:
+        lo, hi = hi, 2.0 * hi
+        if hi > 1e8:
+            raise ConfigError(f"epsilon: {epsilon} needs noise above 1e8 at delta={delta}")
+    while eps_at(lo) <= epsilon:
+        lo, hi = lo / 2.0, lo
+        if lo < 1e-6:
+            return hi
+    x = mechanism_calibration.calibrate_dp_mechanism(
+        fresh, make_event, epsilon, delta,
+        bracket_interval=mechanism_calibration.ExplicitBracketInterval(lo, hi), tol=tol * lo)
+    return float(x)
+
+
+def gaussian_sigma_for_epsilon(epsilon: float, delta: float, steps: int, sampling_rate: float,
+                               accountant: str = "rdp", sampling: str = "poisson",
+                               dataset_size: int | None = None, tol: float = 1e-6) -> float:
+    """Smallest noise multiplier σ with gaussian_epsilon(σ, ...) ≤ epsilon, to relative precision ~`tol`."""
+    epsilon = _check_epsilon(epsilon)
+    steps, rate, delta = _check_common(steps, sampling_rate, delta, accountant, sampling)
+    fresh = _make_accountant(accountant, sampling)
+
+    def make_event(s: float):
+        return _sampled(dp_accounting.GaussianDpEvent(noise_multiplier=_noise_for(accountant, sampling, s)),
+                        steps, rate, sampling, dataset_size)
+
+    _require_support(fresh, make_event(1.0), accountant, sampling, rate, "Gaussian")
+    return _calibrate(fresh, make_event, epsilon, delta, tol)
+
+
+def laplace_epsilon(scale: float, steps: int, sampling_rate: float, delta: float, accountant: str = "pld",
+                    sampling: str = "poisson", dataset_size: int | None = None) -> float:
+    """ε at δ after `steps` releases of the (Poisson-sub-sampled) Laplace mechanism, DP-ZO's Laplace variant.
+
+    `scale` is the Laplace parameter b divided by C, the add/remove-one L1 sensitivity. δ = 0 is allowed
+    (pure ε). dp_accounting accounts sub-sampled Laplace only with the PLD accountant and Poisson sampling; the
+    RDP accountant handles the full batch (sampling_rate = 1) only; PLD has no Laplace rule for "fixed".
+    """
+    scale = _number("scale", scale)
+    if not (scale > 0.0 and math.isfinite(scale)):
+        raise ConfigError(f"scale: must be finite and > 0, got {scale}")
+    steps, rate, delta = _check_common(steps, sampling_rate, delta, accountant, sampling, allow_zero_delta=True)
+    fresh = _make_accountant(accountant, sampling)
+    event = _sampled(dp_accounting.LaplaceDpEvent(noise_multiplier=_noise_for(accountant, sampling, scale)),
+                     steps, rate, sampling, dataset_size)
+    _require_support(fresh, event, accountant, sampling, rate, "Laplace")
+    # ε(δ) of the composed (sub-sampled) Laplace mechanism (Koskela et al. 2020 PLD, via dp_accounting)
+    return _epsilon(fresh, event, delta)
+
+
+def laplace_scale_for_epsilon(epsilon: float, delta: float, steps: int, sampling_rate: float,
+                              accountant: str = "pld", sampling: str = "poisson",
+                              dataset_size: int | None = None, tol: float = 1e-6) -> float:
+    """Smallest Laplace scale b (per unit L1 sensitivity) with laplace_epsilon(b, ...) ≤ epsilon."""
+    epsilon = _check_epsilon(epsilon)
+    steps, rate, delta = _check_common(steps, sampling_rate, delta, accountant, sampling, allow_zero_delta=True)
+    fresh = _make_accountant(accountant, sampling)
+
+    def make_event(b: float):
+        return _sampled(dp_accounting.LaplaceDpEvent(noise_multiplier=_noise_for(accountant, sampling, b)),
+                        steps, rate, sampling, dataset_size)
+
+    _require_support(fresh, make_event(1.0), accountant, sampling, rate, "Laplace")
+    return _calibrate(fresh, make_event, epsilon, delta, tol)

@@ -1,0 +1,289 @@
+"""The training recipe every ZO method runs: validate → load data and model → step loop → run dir.
+
+Order inside a step (crash-safety): method.step (computes the release) → ledger.charge (atomic) → transcript append
+(fsync) → update θ. A checkpoint (θ + step) is written every `checkpoint_every` steps. On resume the run restarts
+from the last checkpoint and *recomputes* the steps after it; each recomputed release must equal the transcript's
+(bitwise), and the ledger, keyed by step, never charges a step twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from . import config as C
+from . import rundir as R
+from .data import Task, balanced_pool, load_task, render
+from .errors import ConfigError, PrivtuneError, TrainingDiverged
+from .ledger import Ledger
+from .methods import Method, method_class
+from .models import LoadedModel, load_model, resolve_device
+from .trainable import LoraSpec, Selection, load_trainable_state, select, trainable_state
+from .zo.engine import Encoded, ZOEngine, accuracy
+
+log = logging.getLogger(__name__)
+Callback = Callable[[dict], None]
+
+
+# ------------------------------------------------------------------------------------------------------ building
+@dataclass
+class Setup:
+    cfg: object
+    task: Task
+    lm: LoadedModel
+    sel: Selection
+    engine: ZOEngine
+    verbalizer_ids: list[int]
+    pool: Encoded | None = None
+    pool_index: list[int] = field(default_factory=list)
+    evalset: Encoded | None = None
+
+
+def lr_at(cfg_method, t: int, steps: int) -> float:
+    """Learning rate at step t: constant, linear or polynomial decay to 0 at `steps`."""
+    lr = cfg_method.lr
+    frac = 1.0 - t / steps
+    if cfg_method.lr_schedule == "linear":
+        return lr * frac
+    if cfg_method.lr_schedule == "polynomial":
+        return lr * frac ** cfg_method.lr_power
+    return lr
+
+
+def build_task(cfg) -> Task:
+    t = cfg.task
+    return load_task(t.name, train_path=t.train_path, eval_path=t.eval_path, text_column=t.text_column,
+                     label_column=t.label_column, label_names=t.label_names, template=t.template,
+                     verbalizer=t.verbalizer, eval_limit=t.eval_limit)
+
+
+def build_model(cfg) -> tuple[LoadedModel, Selection]:
+    lm = load_model(cfg.model.name, seed=cfg.model.seed, dtype=cfg.model.dtype, device=cfg.model.device)
+    lo = cfg.trainable.lora
+    sel = select(lm.model, cfg.trainable.kind, LoraSpec(lo.r, lo.alpha, list(lo.target_modules), lo.layers),
+                 seed=cfg.train.seed)
+    return lm, sel
+
+
+def encode_examples(setup: Setup, examples) -> Encoded:
+    ids = [setup.lm.codec.encode(render(setup.task.template, ex.text)) for ex in examples]
+    return setup.engine.encode(ids, [ex.label for ex in examples])
+
+
+def prepare(cfg, *, need_pool: bool = True, need_eval: bool = True, callback: Callback | None = None) -> Setup:
+    """Everything that can fail on user input happens here, before anything is written to disk."""
+    task = build_task(cfg)
+    lm, sel = build_model(cfg)
+    verb = lm.codec.verbalizer_ids(task.verbalizer)
+    n_labels = max(ex.label for ex in task.train + task.eval) + 1
+    if n_labels > len(verb):
+        raise ConfigError(f"task.verbalizer: {len(verb)} entries but the data has {n_labels} labels")
+    device = resolve_device(cfg.model.device)
+    engine = ZOEngine(sel, verb, device=device, micro_batch=cfg.train.micro_batch, use_cache=cfg.train.prefix_cache)
+    setup = Setup(cfg, task, lm, sel, engine, verb)
+    if need_pool:
+        setup.pool_index = balanced_pool(task.train, cfg.task.pool_size, cfg.train.seed)
+        bs = getattr(cfg.method, "batch_size", None)
+        if bs is not None and bs > len(setup.pool_index):
+            raise ConfigError(f"method.batch_size: {bs} is larger than task.pool_size {len(setup.pool_index)}")
+        _emit(callback, {"event": "status", "message": f"encoding {len(setup.pool_index)} training examples"})
+        setup.pool = encode_examples(setup, [task.train[i] for i in setup.pool_index])
+    if need_eval:
+        _emit(callback, {"event": "status", "message": f"encoding {len(task.eval)} eval examples"})
+        setup.evalset = encode_examples(setup, task.eval)
+    return setup
+
+
+def _emit(callback: Callback | None, event: dict) -> None:
+    if callback is not None:
+        callback(event)
+
+
+# ------------------------------------------------------------------------------------------------- checkpoints
+def save_checkpoint(run: Path, setup: Setup, step: int) -> None:
+    state_dir = run / R.STATE_DIR
+    state_dir.mkdir(exist_ok=True)
+    name = f"trainable-{step:08d}.safetensors"
+    R.atomic_save_tensors(state_dir / name, trainable_state(setup.sel))
+    R.atomic_write_json(state_dir / "state.json", {"step": step, "weights": name})  # the pointer is written last
+    for old in state_dir.glob("trainable-*.safetensors"):
+        if old.name != name:
+            old.unlink(missing_ok=True)
+
+
+def load_checkpoint(run: Path, setup: Setup) -> int:
+    import json
+
+    path = run / R.STATE_DIR / "state.json"
+    try:
+        st = json.loads(path.read_text())
+        load_trainable_state(setup.sel, R.load_tensors(run / R.STATE_DIR / st["weights"]))
+    except (OSError, ValueError, KeyError) as e:
+        raise PrivtuneError(f"{path}: unreadable resume state ({type(e).__name__})") from None
+    return int(st["step"])
+
+
+def save_model(run: Path, setup: Setup, extra: dict | None = None) -> None:
+    cfg = setup.cfg
+    final = run / R.MODEL_DIR
+    tmp = Path(tempfile.mkdtemp(prefix=".model-", dir=run))
+    R.atomic_save_tensors(tmp / "trainable.safetensors", trainable_state(setup.sel), metadata={"format": "privtune"})
+    R.atomic_write_json(tmp / "manifest.json", {
+        "base_model": cfg.model.name, "trainable": cfg.trainable.model_dump(mode="json"),
+        "dtype": cfg.model.dtype, "parameters": sum(p.numel() for _, p in setup.sel.params), **(extra or {}),
+    })
+    if final.exists():
+        shutil.rmtree(final)
+    os.rename(tmp, final)
+    R.fsync_dir(run)
+
+
+# ---------------------------------------------------------------------------------------------------- training
+def evaluate(setup: Setup) -> dict:
+    acc, correct = accuracy(setup.engine, setup.evalset)
+    return {"accuracy": acc, "correct": correct, "total": len(setup.evalset)}
+
+
+def _create_run_dir(out: Path, cfg, method: Method) -> Ledger:
+    """Create the run dir atomically: built in a temp sibling, renamed into place once complete."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
+    try:
+        R.atomic_write_text(tmp / R.CONFIG, C.dump(cfg))
+        (tmp / R.METRICS).touch()
+        (tmp / R.TRANSCRIPT).touch()
+        Ledger.create(tmp, steps_total=cfg.train.steps, **method.ledger_fields())
+        if out.exists():
+            out.rmdir()  # only an empty directory may be replaced (checked by the caller)
+        os.rename(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    R.fsync_dir(out.parent)
+    return Ledger.open(out)
+
+
+def check_out_dir(out: Path, resume: bool) -> None:
+    if resume:
+        if not (out / R.CONFIG).is_file():
+            raise ConfigError(f"out_dir: {out} is not a privtune run directory (no {R.CONFIG}); cannot resume")
+    elif out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise ConfigError(f"out_dir: {out} already exists; pass --resume to continue it or choose another out_dir")
+
+
+def train(cfg, *, resume: bool = False, callback: Callback | None = None, stop_after: int | None = None) -> dict:
+    """Run (or resume) a training run described by `cfg`. Returns the final eval dict.
+
+    `stop_after` stops cleanly after that many steps of this invocation (tests use it to simulate interruptions).
+    """
+    out = Path(cfg.out_dir)
+    check_out_dir(out, resume)
+    if resume:
+        cfg = C.build(C.load_yaml(out / R.CONFIG))
+    setup = prepare(cfg, callback=callback)
+    method = method_class(cfg.method.name)(cfg.method, setup.engine, setup.pool, cfg.train.seed, cfg.train.steps)
+    steps = cfg.train.steps
+
+    if resume:
+        ledger = Ledger.open(out)
+        start = load_checkpoint(out, setup) if (out / R.STATE_DIR / "state.json").exists() else 0
+        method.load_private_state(_load_private(out, start))
+        R.truncate_jsonl(out / R.METRICS, lambda r: r.get("step", -1) < start)
+    else:
+        ledger = _create_run_dir(out, cfg, method)
+        start = 0
+    if ledger.exhausted():
+        raise PrivtuneError(f"privacy budget: {out / R.PRIVACY} shows the budget is spent; this run cannot go on")
+    done = {int(r["step"]): r for r in R.read_jsonl(out / R.TRANSCRIPT, repair=True)}
+
+    _emit(callback, {"event": "start", "step": start, "steps": steps, "out_dir": str(out)})
+    t0 = time.time()
+    if start == 0:
+        zero = evaluate(setup)
+        R.append_jsonl(out / R.METRICS, {"step": 0, "eval_accuracy": zero["accuracy"], "kind": "eval"})
+        _emit(callback, {"event": "eval", "step": 0, **zero})
+    ran = 0
+    for t in range(start, steps):
+        if stop_after is not None and ran >= stop_after:
+            save_checkpoint(out, setup, t)
+            _emit(callback, {"event": "stopped", "step": t})
+            return {"stopped_at": t}
+        try:
+            rel = method.step(t)
+        except TrainingDiverged:
+            save_checkpoint(out, setup, t)  # θ is still the last good state
+            raise
+        lr = lr_at(cfg.method, t, steps)
+        line = {"step": t, "lr": lr, "updates": [[int(s), float(c)] for s, c in rel.updates], **rel.public}
+        if t in done:
+            if [tuple(u) for u in done[t]["updates"]] != [tuple(u) for u in line["updates"]]:
+                raise PrivtuneError(f"{out / R.TRANSCRIPT}: the release recomputed at step {t} differs from the "
+                                    "recorded one (non-deterministic device?); refusing to continue")
+        ledger.charge(t, rel.charge, **rel.counters)  # before anything of the release is applied
+        if t not in done:
+            R.append_jsonl(out / R.TRANSCRIPT, line)
+        setup.engine.apply_update(rel.updates, lr, cfg.method.weight_decay)
+        ran += 1
+        if (t + 1) % cfg.train.log_every == 0 or t + 1 == steps:
+            row = {"step": t + 1, "lr": lr, "elapsed_s": round(time.time() - t0, 3), **rel.public, **rel.monitor}
+            if cfg.train.eval_every and (t + 1) % cfg.train.eval_every == 0 and t + 1 < steps:
+                row["eval_accuracy"] = evaluate(setup)["accuracy"]
+            R.append_jsonl(out / R.METRICS, row)
+        if (t + 1) % cfg.train.checkpoint_every == 0 and t + 1 < steps:
+            _save_private(out, t + 1, method)
+            save_checkpoint(out, setup, t + 1)
+        _emit(callback, {"event": "step", "step": t + 1, "steps": steps, **rel.monitor})
+
+    final = evaluate(setup)
+    save_model(out, setup)
+    save_checkpoint(out, setup, steps)
+    ledger.update(steps_done=steps)
+    result = {"accuracy": final["accuracy"], "correct": final["correct"], "total": final["total"],
+              "task": cfg.task.name, "split": "eval", "steps": steps, "wall_time_s": round(time.time() - t0, 2)}
+    first = next((r for r in R.read_jsonl(out / R.METRICS) if r.get("kind") == "eval" and r["step"] == 0), None)
+    if first is not None:
+        result["initial_accuracy"] = first["eval_accuracy"]
+    R.atomic_write_json(out / R.EVAL, result)
+    _emit(callback, {"event": "done", **result})
+    return result
+
+
+# ------------------------------------------------------------------------- private state (kept out of the run dir)
+def _private_path(out: Path) -> Path:
+    from .models import cache_dir
+
+    import hashlib
+
+    return cache_dir() / "private" / (hashlib.sha256(str(out.resolve()).encode()).hexdigest()[:32] + ".pt")
+
+
+def _save_private(out: Path, step: int, method: Method) -> None:
+    state = method.private_state()
+    if not state:
+        return
+    path = _private_path(out)
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    import io
+
+    buf = io.BytesIO()
+    torch.save({"step": step, "state": state}, buf)
+    R.atomic_write_bytes(path, buf.getvalue())
+
+
+def _load_private(out: Path, step: int) -> dict:
+    path = _private_path(out)
+    if step == 0 or not path.exists():
+        return {}
+    blob = torch.load(path, weights_only=False)
+    if blob["step"] != step:
+        raise PrivtuneError(f"{path}: private state is at step {blob['step']}, checkpoint at {step}; cannot resume")
+    return blob["state"]

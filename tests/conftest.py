@@ -1,0 +1,35 @@
+import pytest
+import torch
+
+from privtune import config as C
+
+
+def tiny_cfg(tmp_path, **over) -> dict:
+    """A config dict for a fast tiny-model run on SST-2 (real data, random model)."""
+    d = {
+        "model": {"name": "tiny", "device": "cpu"},
+        "task": {"name": "sst2", "pool_size": 64, "eval_limit": 40},
+        "trainable": {"kind": "top_layers:2"},
+        "method": {"name": "mezo", "lr": 1e-3, "eps": 1e-3, "batch_size": 16},
+        "train": {"steps": 12, "seed": 3, "log_every": 4, "checkpoint_every": 5, "micro_batch": 16},
+        "out_dir": str(tmp_path / "run"),
+    }
+    for k, v in over.items():
+        node = d
+        *parents, last = k.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[last] = v
+    return d
+
+
+@pytest.fixture
+def make_cfg(tmp_path):
+    def make(**over):
+        return C.build(tiny_cfg(tmp_path, **over))
+    return make
+
+
+@pytest.fixture(autouse=True)
+def _threads():
+    torch.set_num_threads(2)
