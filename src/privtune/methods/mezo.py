@@ -8,7 +8,7 @@ import math
 from ..config import MezoCfg as Config
 from ..data import sample_batch
 from ..errors import TrainingDiverged
-from ..zo.engine import direction_seed
+from ..zo.engine import direction_seed, zo_scalars
 from . import Method, Release
 
 
@@ -23,7 +23,7 @@ class Mezo(Method):
         for k in range(cfg.directions):
             seed = direction_seed(self.run_seed, t, k)
             lp, lm = self.engine.pair_losses(self.pool, idx, seed, cfg.eps)
-            g = float(((lp - lm) / (2.0 * cfg.eps)).mean())
+            g = float(zo_scalars(lp, lm, cfg.eps).mean())
             losses.append(float((lp.mean() + lm.mean()) / 2))
             if not math.isfinite(g):
                 raise TrainingDiverged(f"training: loss is NaN/inf at step {t}")

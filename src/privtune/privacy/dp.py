@@ -24,6 +24,7 @@ Pure functions on floats; no torch, no I/O.
 from __future__ import annotations
 
 import math
+import numbers
 from fractions import Fraction
 
 import dp_accounting
@@ -50,20 +51,20 @@ def _number(name: str, value) -> float:
     return value
 
 
-def _check_common(steps, sampling_rate, delta, accountant, sampling, *, allow_zero_delta=False) -> tuple[int, float, float]:
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+def _check_common(steps, sampling_rate, delta, accountant, sampling) -> tuple[int, float, float]:
+    if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or steps < 1:
         raise ConfigError(f"steps: must be an integer >= 1, got {steps!r}")
     rate = _number("sampling_rate", sampling_rate)
     if not 0.0 < rate <= 1.0:
         raise ConfigError(f"sampling_rate: must be in (0, 1], got {rate}")
     delta = _number("delta", delta)
-    if not ((0.0 <= delta < 1.0) if allow_zero_delta else (0.0 < delta < 1.0)):
-        raise ConfigError(f"delta: must be in {'[0, 1)' if allow_zero_delta else '(0, 1)'}, got {delta}")
+    if not 0.0 < delta < 1.0:
+        raise ConfigError(f"delta: must be in (0, 1), got {delta}")
     if accountant not in ACCOUNTANTS:
         raise ConfigError(f"accountant: must be one of {ACCOUNTANTS}, got {accountant!r}")
     if sampling not in SAMPLINGS:
         raise ConfigError(f"sampling: must be one of {SAMPLINGS}, got {sampling!r}")
-    return steps, rate, delta
+    return int(steps), rate, delta
 
 
 def _check_epsilon(epsilon) -> float:
@@ -78,7 +79,7 @@ def _fixed_sizes(rate: float, dataset_size: int | None) -> tuple[int, int]:
     if dataset_size is None:
         frac = Fraction(rate).limit_denominator(1_000_000)
         return frac.denominator, frac.numerator
-    if isinstance(dataset_size, bool) or not isinstance(dataset_size, int) or dataset_size < 1:
+    if isinstance(dataset_size, bool) or not isinstance(dataset_size, numbers.Integral) or dataset_size < 1:
         raise ConfigError(f"dataset_size: must be an integer >= 1, got {dataset_size!r}")
     sample_size = round(rate * dataset_size)
     if sample_size < 1:
@@ -147,21 +148,31 @@ def gaussian_epsilon(sigma: float, steps: int, sampling_rate: float, delta: floa
     return _epsilon(fresh, event, delta)
 
 
-def _calibrate(fresh, make_event, epsilon: float, delta: float, tol: float) -> float:
-    """Smallest noise parameter x with ε(x) ≤ epsilon (ε decreasing in x), via dp_accounting's calibrator."""
+def _calibrate(fresh, make_event, epsilon: float, delta: float, tol: float, guess: float = 1.0) -> float:
+    """Smallest noise parameter x with ε(x) ≤ epsilon (ε decreasing in x), via dp_accounting's calibrator.
+
+    A geometric search from `guess` finds a bracket [lo, hi] with ε(lo) > epsilon ≥ ε(hi); then
+    calibrate_dp_mechanism (Brent's method, result checked to satisfy ε ≤ epsilon) narrows it to tol·lo.
+    """
+    cache: dict[float, float] = {}
 
     def eps_at(x: float) -> float:
-        return _epsilon(fresh, make_event(x), delta)
+        if x not in cache:
+            cache[x] = _epsilon(fresh, make_event(x), delta)
+        return cache[x]
 
-    lo, hi = 0.5, 1.0  # geometric search for eps_at(lo) > epsilon >= eps_at(hi)
-    while eps_at(hi) > epsilon:
-        lo, hi = hi, 2.0 * hi
-        if hi > 1e8:
-            raise ConfigError(f"epsilon: {epsilon} needs noise above 1e8 at delta={delta}")
-    while eps_at(lo) <= epsilon:
-        lo, hi = lo / 2.0, lo
-        if lo < 1e-6:
-            return hi
+    factor = 1.25
+    lo = hi = guess
+    if eps_at(guess) > epsilon:
+        while eps_at(hi) > epsilon:
+            lo, hi = hi, hi * factor
+            if hi > 1e8:
+                raise ConfigError(f"epsilon: {epsilon} needs noise above 1e8 at delta={delta}")
+    else:
+        while eps_at(lo) <= epsilon:
+            lo, hi = lo / factor, lo
+            if lo < 1e-6:
+                return hi
     x = mechanism_calibration.calibrate_dp_mechanism(
         fresh, make_event, epsilon, delta,
         bracket_interval=mechanism_calibration.ExplicitBracketInterval(lo, hi), tol=tol * lo)
@@ -181,21 +192,24 @@ def gaussian_sigma_for_epsilon(epsilon: float, delta: float, steps: int, samplin
                         steps, rate, sampling, dataset_size)
 
     _require_support(fresh, make_event(1.0), accountant, sampling, rate, "Gaussian")
-    return _calibrate(fresh, make_event, epsilon, delta, tol)
+    guess = 1.0
+    if accountant == "pld" and (rate == 1.0 or sampling == "poisson"):  # PLD is slow: start from the RDP answer
+        guess = gaussian_sigma_for_epsilon(epsilon, delta, steps, rate, "rdp", sampling, dataset_size, tol=1e-3)
+    return _calibrate(fresh, make_event, epsilon, delta, tol, guess)
 
 
 def laplace_epsilon(scale: float, steps: int, sampling_rate: float, delta: float, accountant: str = "pld",
                     sampling: str = "poisson", dataset_size: int | None = None) -> float:
     """ε at δ after `steps` releases of the (Poisson-sub-sampled) Laplace mechanism, DP-ZO's Laplace variant.
 
-    `scale` is the Laplace parameter b divided by C, the add/remove-one L1 sensitivity. δ = 0 is allowed
-    (pure ε). dp_accounting accounts sub-sampled Laplace only with the PLD accountant and Poisson sampling; the
+    `scale` is the Laplace parameter b divided by C, the add/remove-one L1 sensitivity. (δ = 0 would give
+    inf from both accountants, hence δ ∈ (0, 1) as for the Gaussian.) dp_accounting accounts sub-sampled Laplace only with the PLD accountant and Poisson sampling; the
     RDP accountant handles the full batch (sampling_rate = 1) only; PLD has no Laplace rule for "fixed".
     """
     scale = _number("scale", scale)
     if not (scale > 0.0 and math.isfinite(scale)):
         raise ConfigError(f"scale: must be finite and > 0, got {scale}")
-    steps, rate, delta = _check_common(steps, sampling_rate, delta, accountant, sampling, allow_zero_delta=True)
+    steps, rate, delta = _check_common(steps, sampling_rate, delta, accountant, sampling)
     fresh = _make_accountant(accountant, sampling)
     event = _sampled(dp_accounting.LaplaceDpEvent(noise_multiplier=_noise_for(accountant, sampling, scale)),
                      steps, rate, sampling, dataset_size)
@@ -209,7 +223,7 @@ def laplace_scale_for_epsilon(epsilon: float, delta: float, steps: int, sampling
                               dataset_size: int | None = None, tol: float = 1e-6) -> float:
     """Smallest Laplace scale b (per unit L1 sensitivity) with laplace_epsilon(b, ...) ≤ epsilon."""
     epsilon = _check_epsilon(epsilon)
-    steps, rate, delta = _check_common(steps, sampling_rate, delta, accountant, sampling, allow_zero_delta=True)
+    steps, rate, delta = _check_common(steps, sampling_rate, delta, accountant, sampling)
     fresh = _make_accountant(accountant, sampling)
 
     def make_event(b: float):

@@ -39,20 +39,16 @@ class Direction:
     def __init__(self, seed: int, scale: float):
         self.seed = int(seed)
         self.scale = float(scale)
-        self._memo: dict[int, torch.Tensor] = {}
+        self.values: dict[int, torch.Tensor] = {}  # perturbed tensors of the layer being run
 
-    def z(self, i: int, p: torch.Tensor) -> torch.Tensor:
+    @staticmethod
+    def draw(seed: int, i: int, p: torch.Tensor) -> torch.Tensor:
         g = torch.Generator(device=p.device)
-        g.manual_seed(derive_seed(self.seed, i))
+        g.manual_seed(derive_seed(seed, i))
         return torch.randn(p.shape, generator=g, device=p.device, dtype=p.dtype)
 
-    def value(self, i: int, p: torch.Tensor, memo: bool = False) -> torch.Tensor:
-        if memo and i in self._memo:
-            return self._memo[i]
-        v = torch.add(p.detach(), self.z(i, p), alpha=self.scale)
-        if memo:
-            self._memo[i] = v
-        return v
+    def z(self, i: int, p: torch.Tensor) -> torch.Tensor:
+        return self.draw(self.seed, i, p)
 
 
 # ------------------------------------------------------------------------------------------------------------ data
@@ -71,7 +67,7 @@ class Encoded:
 # ---------------------------------------------------------------------------------------------------------- engine
 class ZOEngine:
     def __init__(self, selection: Selection, verbalizer_ids: list[int], device: torch.device | str = "cpu",
-                 micro_batch: int = 64, use_cache: bool = True):
+                 micro_batch: int = 64, use_cache: bool = True, keep_z: bool | None = None):
         self.sel = selection
         self.model = selection.model
         self.params = selection.params
@@ -84,6 +80,13 @@ class ZOEngine:
         self.head_weight, self.head_bias = head.weight, getattr(head, "bias", None)
         self.cache_layer = selection.first_trainable_layer if (use_cache and self.base is not None) else 0
         self.index = {id(p): i for i, (_, p) in enumerate(self.params)}
+        n_train = sum(p.numel() for _, p in self.params)
+        n_all = sum(p.numel() for p in self.model.parameters())
+        # Keep the step's z between the ± passes and the update when it costs ≤ 10% of the model's memory:
+        # one draw of z per step instead of two. Otherwise z lives one layer at a time.
+        self.keep_z = (n_train <= 0.1 * n_all) if keep_z is None else bool(keep_z)
+        self._bank: dict[int, torch.Tensor] = {}
+        self._bank_seed: int | None = None
         self._active: Direction | None = None
         self._install_hooks()
 
@@ -110,11 +113,34 @@ class ZOEngine:
                     module._parameters[n] = p
         return post
 
+    def _z(self, seed: int, i: int, p: torch.Tensor) -> torch.Tensor:
+        """z_i for `seed`, drawn once and shared by every direction (±) and chunk that needs it."""
+        if self._bank_seed != seed:
+            self._bank.clear()
+            self._bank_seed = seed
+        z = self._bank.get(i)
+        if z is None:
+            z = self._bank[i] = Direction.draw(seed, i, p)
+        return z
+
     def _value(self, p: torch.Tensor) -> torch.Tensor:
-        i = self.index.get(id(p))
-        if self._active is None or i is None:
+        d, i = self._active, self.index.get(id(p))
+        if d is None or i is None:
             return p
-        return self._active.value(i, p, memo=p is self.head_weight)
+        v = d.values.get(i)
+        if v is None:
+            v = d.values[i] = torch.add(p.detach(), self._z(d.seed, i, p), alpha=d.scale)
+        return v
+
+    def _forget(self, directions, keep: set[int] = frozenset()) -> None:
+        """Drop the perturbed tensors (and z, unless kept for the update) of the layer just run."""
+        for d in directions:
+            if d is not None:
+                for i in [i for i in d.values if i not in keep]:
+                    del d.values[i]
+        if not self.keep_z:
+            for i in [i for i in self._bank if i not in keep]:
+                del self._bank[i]
 
     def close(self) -> None:
         for h in self._hooks:
@@ -125,9 +151,10 @@ class ZOEngine:
         data = Encoded([list(x) for x in ids], torch.as_tensor(labels, dtype=torch.long))
         if self.cache_layer > 0:
             data.cache = [None] * len(data)
-            with torch.inference_mode():
+            with torch.no_grad():
                 for chunk in self._chunks(list(range(len(data))), data):
-                    h, attn = self._prefix(data, chunk)
+                    ids_, attn = self._pad(data, chunk)
+                    h = self._run_layers(self.base.embed_tokens(ids_), attn, 0, self.cache_layer)
                     for row, j in enumerate(chunk):
                         n = len(data.ids[j])
                         data.cache[j] = h[row, h.shape[1] - n:].clone()
@@ -151,94 +178,128 @@ class ZOEngine:
         pid = getattr(self.model.config, "pad_token_id", None)
         return int(pid) if isinstance(pid, int) else 0
 
-    def _mask(self, attn: torch.Tensor, dtype: torch.dtype):
+    def _geometry(self, attn: torch.Tensor, h: torch.Tensor):
+        """Additive causal+padding mask [B,1,T,T], position ids (left padding) and rotary embeddings."""
         T = attn.shape[1]
         causal = torch.ones((T, T), dtype=torch.bool, device=attn.device).tril()
         allowed = causal[None] & attn[:, None, :].bool()
-        mask = torch.zeros(allowed.shape, dtype=dtype, device=attn.device).masked_fill(~allowed, torch.finfo(dtype).min)
+        mask = torch.zeros(allowed.shape, dtype=h.dtype, device=attn.device).masked_fill(~allowed, torch.finfo(h.dtype).min)
         pos = (attn.cumsum(-1) - 1).clamp(min=0)
-        return mask[:, None], pos
+        return mask[:, None], pos, self.base.rotary_emb(h, pos)
+
+    def _layer(self, layer, h, geo):
+        mask, pos, pe = geo
+        h = layer(h, attention_mask=mask, position_ids=pos, position_embeddings=pe)
+        return h[0] if isinstance(h, tuple) else h  # older transformers return (hidden,)
 
     def _run_layers(self, h, attn, start, end):
-        mask, pos = self._mask(attn, h.dtype)
-        pe = self.base.rotary_emb(h, pos)
+        geo = self._geometry(attn, h)
         for layer in self.layers[start:end]:
-            h = layer(h, attention_mask=mask, position_ids=pos, position_embeddings=pe)
-            if isinstance(h, tuple):  # older transformers return (hidden,)
-                h = h[0]
+            h = self._layer(layer, h, geo)
         return h
 
-    def _prefix(self, data: Encoded, chunk: list[int]):
-        ids, attn = self._pad(data, chunk)
-        h = self.base.embed_tokens(ids)
-        return self._run_layers(h, attn, 0, self.cache_layer), attn
-
-    # ------------------------------------------------------------------------------------------------- forward
-    def _chunk_logits(self, data: Encoded, chunk: list[int]) -> torch.Tensor:
-        if self.base is None:  # generic causal LM: full forward, last position
-            ids, attn = self._pad(data, chunk)
-            pos = (attn.cumsum(-1) - 1).clamp(min=0)
-            out = self.model(input_ids=ids, attention_mask=attn, position_ids=pos, logits_to_keep=1)
-            return out.logits[:, -1, self.verb].float()
+    def _start_states(self, data: Encoded, chunk: list[int]):
+        """Input of the first computed block for a chunk: the cached prefix output, or token ids to embed."""
         if data.cache is not None:
             T = max(len(data.ids[j]) for j in chunk)
-            d = data.cache[chunk[0]].shape[-1]
-            h = data.cache[chunk[0]].new_zeros((len(chunk), T, d))
+            h = data.cache[chunk[0]].new_zeros((len(chunk), T, data.cache[chunk[0]].shape[-1]))
             attn = torch.zeros((len(chunk), T), dtype=torch.long, device=self.device)
             for row, j in enumerate(chunk):
                 n = len(data.ids[j])
                 h[row, T - n:] = data.cache[j]
                 attn[row, T - n:] = 1
-            start = self.cache_layer
-        else:
-            ids, attn = self._pad(data, chunk)
-            h = self.base.embed_tokens(ids)
-            start = 0
-        h = self._run_layers(h, attn, start, len(self.layers))
-        last = self.base.norm(h[:, -1])
-        w = self._value(self.head_weight)[self.verb]
-        logits = last @ w.T
-        if self.head_bias is not None:
-            logits = logits + self._value(self.head_bias)[self.verb]
-        return logits.float()
+            return h, None, attn
+        ids, attn = self._pad(data, chunk)
+        return None, ids, attn
 
-    def logits(self, data: Encoded, idx=None, direction: Direction | None = None) -> torch.Tensor:
-        """Verbalizer logits [B, C] (float32) for examples `idx` of `data`, at θ or at θ + direction."""
-        idx = list(range(len(data))) if idx is None else [int(i) for i in idx]
-        out = torch.empty((len(idx), len(self.verb)), dtype=torch.float32, device=self.device)
-        where = {}
-        for pos, j in enumerate(idx):
-            where.setdefault(j, []).append(pos)
-        self._active = direction
+    # ------------------------------------------------------------------------------------------------- forward
+    def _forward(self, data: Encoded, chunks: list[list[int]], directions: list) -> list[list[torch.Tensor]]:
+        """Verbalizer logits per direction per chunk. Layer-major: each block's perturbed weights (and z) are built
+        once and used for every chunk and both signs, then dropped, so memory stays ≈ inference."""
+        if self.base is None:
+            return [[self._generic_logits(data, c, d) for c in chunks] for d in directions]
+        starts = [self._start_states(data, c) for c in chunks]
+        geos, states = [], []
+        for h0, ids, attn in starts:
+            geos.append(self._geometry(attn, h0 if h0 is not None else self.base.embed_tokens.weight[:1, None]))
+        for d in directions:
+            self._active = d
+            states.append([h0 if h0 is not None else self.base.embed_tokens(ids) for h0, ids, _ in starts])
+        self._active = None
+        start = self.cache_layer if data.cache is not None else 0
+        head_keep = {self.index[id(self.head_weight)]} if id(self.head_weight) in self.index else set()
+        self._forget(directions, keep=head_keep)
+        for layer in self.layers[start:]:
+            for di, d in enumerate(directions):
+                self._active = d
+                states[di] = [self._layer(layer, h, g) for h, g in zip(states[di], geos)]
+            self._active = None
+            self._forget(directions, keep=head_keep)
+        out = []
+        for di, d in enumerate(directions):
+            self._active = d
+            w = self._value(self.head_weight)[self.verb]
+            b = self._value(self.head_bias)[self.verb] if self.head_bias is not None else None
+            rows = []
+            for h in states[di]:
+                lg = self.base.norm(h[:, -1]) @ w.T
+                rows.append((lg + b if b is not None else lg).float())
+            out.append(rows)
+            self._active = None
+        self._forget(directions)
+        return out
+
+    def _generic_logits(self, data: Encoded, chunk: list[int], d) -> torch.Tensor:
+        """Any HF causal LM (no prefix cache): full forward, last position only."""
+        ids, attn = self._pad(data, chunk)
+        pos = (attn.cumsum(-1) - 1).clamp(min=0)
+        self._active = d
         try:
-            with torch.inference_mode():
-                for chunk in self._chunks(sorted(set(idx)), data):
-                    lg = self._chunk_logits(data, chunk)
-                    for row, j in enumerate(chunk):
-                        for pos in where[j]:
-                            out[pos] = lg[row]
+            out = self.model(input_ids=ids, attention_mask=attn, position_ids=pos, logits_to_keep=1)
         finally:
             self._active = None
-            if direction is not None:
-                direction._memo.clear()
-        return out
+            self._forget([d])
+        return out.logits[:, -1, self.verb].float()
+
+    def logits_multi(self, data: Encoded, idx, directions: list) -> list[torch.Tensor]:
+        """Verbalizer logits [B, C] (float32) of examples `idx` at θ + each direction (None = θ itself)."""
+        idx = list(range(len(data))) if idx is None else [int(i) for i in idx]
+        chunks = self._chunks(sorted(set(idx)), data)
+        try:
+            with torch.no_grad():
+                per_dir = self._forward(data, chunks, directions)
+        finally:
+            self._active = None
+        results = []
+        for rows in per_dir:
+            by_example = {}
+            for chunk, lg in zip(chunks, rows):
+                for r, j in enumerate(chunk):
+                    by_example[j] = lg[r]
+            results.append(torch.stack([by_example[j] for j in idx]))
+        return results
+
+    def logits(self, data: Encoded, idx=None, direction: Direction | None = None) -> torch.Tensor:
+        return self.logits_multi(data, idx, [direction])[0]
 
     def losses(self, data: Encoded, idx=None, direction: Direction | None = None) -> torch.Tensor:
         """Per-example cross-entropy over the verbalizer logits, float32 [B]."""
+        return self._ce(data, idx, self.logits(data, idx, direction))
+
+    def _ce(self, data: Encoded, idx, lg: torch.Tensor) -> torch.Tensor:
         idx = list(range(len(data))) if idx is None else [int(i) for i in idx]
-        lg = self.logits(data, idx, direction)
         return F.cross_entropy(lg, data.labels[idx].to(lg.device), reduction="none")
 
     def pair_losses(self, data: Encoded, idx, seed: int, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-example losses at θ+εz and θ−εz (float64), one batched pass each over the whole batch."""
-        lp = self.losses(data, idx, Direction(seed, +eps)).double()
-        lm = self.losses(data, idx, Direction(seed, -eps)).double()
-        return lp, lm
+        """Per-example losses at θ+εz and θ−εz (float64): one batched pass over the whole batch, both signs sharing
+        each block's z."""
+        lp, lm = self.logits_multi(data, idx, [Direction(seed, +eps), Direction(seed, -eps)])
+        return self._ce(data, idx, lp).double(), self._ce(data, idx, lm).double()
 
     def scalars(self, data: Encoded, idx, seed: int, eps: float) -> torch.Tensor:
         """Per-example ZO scalars g_i = (ℓ_i(θ+εz) − ℓ_i(θ−εz)) / 2ε in float64 (MeZO, Malladi et al. 2023, Alg. 1)."""
         lp, lm = self.pair_losses(data, idx, seed, eps)
-        return (lp - lm) / (2.0 * eps)
+        return zo_scalars(lp, lm, eps)
 
     # -------------------------------------------------------------------------------------------------- update
     @torch.no_grad()
@@ -247,13 +308,21 @@ class ZOEngine:
         for i, (_, p) in enumerate(self.params):
             step = None
             for seed, coeff in updates:
-                z = Direction(seed, 1.0).z(i, p)
+                kept = self._bank.pop(i, None) if self._bank_seed == seed else None  # z kept from the ± passes
+                z = kept if kept is not None else Direction.draw(seed, i, p)
                 step = z.mul_(float(coeff)) if step is None else step.add_(z, alpha=float(coeff))
             if step is None:
                 continue
             if weight_decay and p.ndim >= 2:
                 step.add_(p, alpha=float(weight_decay))
             p.sub_(step, alpha=float(lr))
+        self._bank.clear()
+        self._bank_seed = None
+
+
+def zo_scalars(lp: torch.Tensor, lm: torch.Tensor, eps: float) -> torch.Tensor:
+    """g_i = (ℓ_i(θ+εz) − ℓ_i(θ−εz)) / 2ε (MeZO, Malladi et al. 2023, Alg. 1: projected gradient)."""
+    return (lp - lm) / (2.0 * eps)
 
 
 def accuracy(engine: ZOEngine, data: Encoded) -> tuple[float, int]:
