@@ -14,6 +14,7 @@ import os
 import shutil
 import tempfile
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -22,6 +23,7 @@ import torch
 
 from . import config as C
 from . import rundir as R
+from . import secrets as S
 from .data import Task, balanced_pool, load_task, render
 from .errors import ConfigError, PrivtuneError, TrainingDiverged
 from .ledger import Ledger
@@ -153,7 +155,7 @@ def evaluate(setup: Setup) -> dict:
     return {"accuracy": acc, "correct": correct, "total": len(setup.evalset)}
 
 
-def _create_run_dir(out: Path, cfg, method: Method) -> Ledger:
+def _create_run_dir(out: Path, cfg, method: Method, run_id: str) -> Ledger:
     """Create the run dir atomically: built in a temp sibling, renamed into place once complete."""
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
@@ -161,7 +163,7 @@ def _create_run_dir(out: Path, cfg, method: Method) -> Ledger:
         R.atomic_write_text(tmp / R.CONFIG, C.dump(cfg))
         (tmp / R.METRICS).touch()
         (tmp / R.TRANSCRIPT).touch()
-        Ledger.create(tmp, steps_total=cfg.train.steps, **method.ledger_fields())
+        Ledger.create(tmp, run_id=run_id, steps_total=cfg.train.steps, **method.ledger_fields())
         if out.exists():
             out.rmdir()  # only an empty directory may be replaced (checked by the caller)
         os.rename(tmp, out)
@@ -190,16 +192,30 @@ def train(cfg, *, resume: bool = False, callback: Callback | None = None, stop_a
     if resume:
         cfg = C.build(C.load_yaml(out / R.CONFIG))
     setup = prepare(cfg, callback=callback)
-    method = method_class(cfg.method.name)(cfg.method, setup.engine, setup.pool, cfg.train.seed, cfg.train.steps)
+    cls = method_class(cfg.method.name)
     steps = cfg.train.steps
-
     if resume:
         ledger = Ledger.open(out)
+        run_id = ledger.state.get("run_id", "")
+        key = S.load(run_id) if cls.needs_secret else None
+        if cls.needs_secret and key is None:
+            raise PrivtuneError(f"{out}: this private run's secret key is gone from the keystore ({S.__name__}); "
+                                "it cannot resume without re-drawing its secret")
+    else:
+        run_id = uuid.uuid4().hex
+        key = S.create(run_id, S.fixed_seed_from_env()) if cls.needs_secret else None
+    method = cls(cfg.method, setup.engine, setup.pool, cfg.train.seed, steps, secret=key)
+    if resume:
         start = load_checkpoint(out, setup) if (out / R.STATE_DIR / "state.json").exists() else 0
-        method.load_private_state(_load_private(out, start))
+        method.load_private_state(_load_private(run_id, start))
         R.truncate_jsonl(out / R.METRICS, lambda r: r.get("step", -1) < start)
     else:
-        ledger = _create_run_dir(out, cfg, method)
+        try:
+            ledger = _create_run_dir(out, cfg, method, run_id)
+        except BaseException:
+            if key is not None:
+                key.forget()
+            raise
         start = 0
     if ledger.exhausted():
         raise PrivtuneError(f"privacy budget: {out / R.PRIVACY} shows the budget is spent; this run cannot go on")
@@ -239,14 +255,18 @@ def train(cfg, *, resume: bool = False, callback: Callback | None = None, stop_a
                 row["eval_accuracy"] = evaluate(setup)["accuracy"]
             R.append_jsonl(out / R.METRICS, row)
         if (t + 1) % cfg.train.checkpoint_every == 0 and t + 1 < steps:
-            _save_private(out, t + 1, method)
+            ledger.update(**method.summary(ledger.state))
+            _save_private(run_id, t + 1, method)
             save_checkpoint(out, setup, t + 1)
         _emit(callback, {"event": "step", "step": t + 1, "steps": steps, **rel.monitor})
 
     final = evaluate(setup)
     save_model(out, setup)
     save_checkpoint(out, setup, steps)
-    ledger.update(steps_done=steps)
+    ledger.update(steps_done=steps, **method.summary(ledger.state))
+    if key is not None:
+        key.forget()  # the run is complete: J and the noise can never be re-drawn
+    _private_path(run_id).unlink(missing_ok=True)
     result = {"accuracy": final["accuracy"], "correct": final["correct"], "total": final["total"],
               "task": cfg.task.name, "split": "eval", "steps": steps, "wall_time_s": round(time.time() - t0, 2)}
     first = next((r for r in R.read_jsonl(out / R.METRICS) if r.get("kind") == "eval" and r["step"] == 0), None)
@@ -258,19 +278,19 @@ def train(cfg, *, resume: bool = False, callback: Callback | None = None, stop_a
 
 
 # ------------------------------------------------------------------------- private state (kept out of the run dir)
-def _private_path(out: Path) -> Path:
-    from .models import cache_dir
-
+def _private_path(run_id: str) -> Path:
     import hashlib
 
-    return cache_dir() / "private" / (hashlib.sha256(str(out.resolve()).encode()).hexdigest()[:32] + ".pt")
+    from .models import cache_dir
+
+    return cache_dir() / "private" / (hashlib.sha256(run_id.encode()).hexdigest()[:32] + ".pt")
 
 
-def _save_private(out: Path, step: int, method: Method) -> None:
+def _save_private(run_id: str, step: int, method: Method) -> None:
     state = method.private_state()
     if not state:
         return
-    path = _private_path(out)
+    path = _private_path(run_id)
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     import io
 
@@ -279,8 +299,8 @@ def _save_private(out: Path, step: int, method: Method) -> None:
     R.atomic_write_bytes(path, buf.getvalue())
 
 
-def _load_private(out: Path, step: int) -> dict:
-    path = _private_path(out)
+def _load_private(run_id: str, step: int) -> dict:
+    path = _private_path(run_id)
     if step == 0 or not path.exists():
         return {}
     blob = torch.load(path, weights_only=False)

@@ -26,6 +26,7 @@ class Method:
 
     name = "base"
     guarantee = "none"
+    needs_secret = False  # True: the recipe hands the method a SecretKey (privtune.secrets) as `secret`
 
     def __init__(self, cfg, engine, pool, run_seed: int, total_steps: int, secret=None):
         self.cfg, self.engine, self.pool = cfg, engine, pool
@@ -37,6 +38,12 @@ class Method:
     def ledger_fields(self) -> dict:
         """Initial privacy.json fields (guarantee type, budget, assumptions)."""
         return {"method": self.name, "guarantee": self.guarantee, "budget": None}
+
+    def summary(self, ledger_state: dict) -> dict:
+        """privacy.json fields every method reports on one axis: guarantee, mi_nats, epsilon, delta,
+        mia_posterior_bound and the assumptions. A method with no guarantee says so rather than nothing."""
+        return {"guarantee": self.guarantee, "mi_nats": None, "epsilon": None, "delta": None,
+                "mia_posterior_bound": None, "assumptions": "no privacy guarantee"}
 
     def private_state(self) -> dict:
         """State that must survive a resume but never enters the run dir (e.g. a posterior over secret subsets)."""
