@@ -114,6 +114,12 @@ def _fmt(err: ValidationError) -> str:
     e = err.errors()[0]
     loc = ".".join(str(x) for x in e["loc"] if not (isinstance(x, str) and x in _METHOD_TAGS))
     msg = e["msg"]
+    if e["type"] == "value_error":
+        text = msg.removeprefix("Value error, ")
+        head = text.split(":", 1)[0]
+        if "." in head and " " not in head:  # the validator already names the dotted field
+            return text
+        msg = text
     if e["type"] == "extra_forbidden":
         msg = "unknown key"
     elif e["type"] == "union_tag_invalid":

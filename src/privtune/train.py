@@ -230,12 +230,14 @@ def train(cfg, *, resume: bool = False, callback: Callback | None = None, stop_a
     ran = 0
     for t in range(start, steps):
         if stop_after is not None and ran >= stop_after:
+            _save_private(run_id, t, method)
             save_checkpoint(out, setup, t)
             _emit(callback, {"event": "stopped", "step": t})
             return {"stopped_at": t}
         try:
             rel = method.step(t)
         except TrainingDiverged:
+            _save_private(run_id, t, method)
             save_checkpoint(out, setup, t)  # θ is still the last good state
             raise
         lr = lr_at(cfg.method, t, steps)
@@ -294,8 +296,11 @@ def _save_private(run_id: str, step: int, method: Method) -> None:
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     import io
 
+    states = torch.load(path, weights_only=False)["states"] if path.exists() else {}
+    states = {s: v for s, v in states.items() if s == max(states)}  # keep the previous one until the checkpoint lands
+    states[step] = state
     buf = io.BytesIO()
-    torch.save({"step": step, "state": state}, buf)
+    torch.save({"states": states}, buf)
     R.atomic_write_bytes(path, buf.getvalue())
 
 
@@ -303,7 +308,7 @@ def _load_private(run_id: str, step: int) -> dict:
     path = _private_path(run_id)
     if step == 0 or not path.exists():
         return {}
-    blob = torch.load(path, weights_only=False)
-    if blob["step"] != step:
-        raise PrivtuneError(f"{path}: private state is at step {blob['step']}, checkpoint at {step}; cannot resume")
-    return blob["state"]
+    states = torch.load(path, weights_only=False)["states"]
+    if step not in states:
+        raise PrivtuneError(f"{path}: no private state for checkpoint step {step} (have {sorted(states)}); cannot resume")
+    return states[step]

@@ -1,0 +1,206 @@
+"""DPZero (Zhang et al. 2024, "DPZero: Private Fine-Tuning of Language Models without Backpropagation",
+arXiv 2310.09639, Alg. 1): MeZO made (ε, δ)-DP by privatizing the one data-dependent scalar.
+
+Per step: a batch B_t; per example g_i = (ℓ_i(θ+εz) − ℓ_i(θ−εz)) / 2ε (the shared engine, one pass per sign);
+  ĝ = (1/B)·Σ_i clip_C(g_i) + (σC/B)·ξ,  ξ ~ N(0, 1) from the run's secret key;   θ ← θ − η(ĝ·z + λθ).
+clip_C(x) = min(max(x, −C), C). Only ĝ is released (transcript "projected_grad"); per-example values, the batch
+mean and the loss never leave this object. σ is calibrated once, for the whole run, by privtune.privacy.dp.
+
+Noise scale. The noise std on the summed clipped scalars is σ·C, with C the add/remove-one sensitivity of that sum
+(privacy/dp.py's convention; under sampling="fixed" the accountant itself charges the replace-one sensitivity 2C).
+The reference code (Liang137/DPZero, opt/src/trainer.py) uses std 2·σ_opacus·C/B with a Poisson/add-remove σ; the
+extra 2 there is the replace-one sensitivity, which dp.py accounts for under "fixed" instead.
+Sampling. "fixed": the public batch privtune.data.sample_batch (MeZO's), replace-one neighbours. "poisson": each
+pool example joins step t's batch with probability q = B/N, drawn from the secret key (membership stays private);
+the sum is divided by the expected batch size B (as Opacus does), so the noise std on ĝ is σC/B in both cases.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+from typing import Annotated, Literal
+
+import numpy as np
+import torch
+from pydantic import Field, model_validator
+
+from ..config import PosFloat, ZOCfg
+from ..data import sample_batch
+from ..errors import ConfigError, TrainingDiverged
+from ..privacy import dp
+from ..privacy.bounds import eps_to_posterior
+from ..zo.engine import direction_seed, zo_scalars
+from . import Method, Release
+
+Delta = Annotated[float, Field(gt=0, lt=1)]
+Clip = Annotated[float, Field(gt=0)]  # inf allowed (no clipping) only with noise_multiplier = 0
+_EMPTY = torch.zeros(0, dtype=torch.float64)  # losses of an empty Poisson batch
+
+
+class Config(ZOCfg):
+    name: Literal["dpzero"] = "dpzero"
+    epsilon: PosFloat | None = None  # target ε for the whole run (or give noise_multiplier)
+    delta: Delta = 1e-5
+    clip: Clip = 25.0  # C: each per-example projected gradient g_i is clipped to [−C, C]
+    noise_multiplier: Annotated[float, Field(ge=0, allow_inf_nan=False)] | None = None  # σ given directly; ε computed
+    accountant: Literal["rdp", "pld"] = "rdp"
+    sampling: Literal["fixed", "poisson"] = "poisson"
+
+    @model_validator(mode="after")
+    def _one_budget(self):
+        if (self.epsilon is None) == (self.noise_multiplier is None):
+            raise ValueError("method.epsilon: give exactly one of method.epsilon (σ is calibrated) or "
+                             "method.noise_multiplier (ε is computed)")
+        if math.isinf(self.clip) and self.noise_multiplier != 0:
+            raise ValueError("method.clip: must be finite when noise is added (only noise_multiplier=0 allows inf)")
+        return self
+
+
+# Fields of privtune.privacy.dp's error messages → the config keys they come from.
+_FIELDS = {"epsilon": "method.epsilon", "delta": "method.delta", "sigma": "method.noise_multiplier",
+           "scale": "method.noise_multiplier", "accountant": "method.accountant", "sampling": "method.sampling",
+           "sampling_rate": "method.batch_size", "steps": "train.steps", "dataset_size": "task.pool_size"}
+
+
+@contextlib.contextmanager
+def config_errors():
+    """Re-raise privacy.dp's ConfigErrors under the dotted config key, and keep dp_accounting's absl warnings
+    (RDP orders it skips) off the user's terminal."""
+    absl = logging.getLogger("absl")
+    level = absl.level
+    absl.setLevel(logging.ERROR)
+    try:
+        yield
+    except ConfigError as e:
+        head, sep, rest = str(e).partition(":")
+        raise ConfigError(f"{_FIELDS.get(head, head)}{sep}{rest}") from None
+    finally:
+        absl.setLevel(level)
+
+
+def poisson_batch(secret, n: int, rate: float, t: int) -> list[int]:
+    """Poisson sampling: each of the n pool examples joins step t's batch independently with probability `rate`.
+    Drawn from the secret key (tag "subset"), never from a public seed: who is in the batch must stay private."""
+    return np.flatnonzero(secret.numpy("subset", t).random(n) < rate).tolist()
+
+
+class DPZero(Method):
+    name = "dpzero"
+    guarantee = "dp"
+    needs_secret = True
+    mechanism = "gaussian"
+    clipped = "per-example projected gradient g_i = (l_i(θ+εz) − l_i(θ−εz))/2ε"
+
+    def __init__(self, cfg, engine, pool, run_seed, total_steps, secret=None):
+        super().__init__(cfg, engine, pool, run_seed, total_steps, secret)
+        if secret is None:
+            raise ConfigError(f"method: {self.name} needs a secret key (run it through privtune.train)")
+        self.n = len(pool)
+        if cfg.batch_size > self.n:
+            raise ConfigError(f"method.batch_size: {cfg.batch_size} is larger than the pool ({self.n} examples)")
+        self.rate = cfg.batch_size / self.n
+        self.sigma, self.epsilon = self._calibrate()
+        if self.sigma == 0.0:
+            self.guarantee = "none"
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(σ={self.sigma:.4g}, C={self.cfg.clip}, ε={self.epsilon:.4g})"
+
+    # ------------------------------------------------------------------------------------------ calibration
+    def _calibrate(self) -> tuple[float, float]:
+        """(noise multiplier, ε) for the whole run. K directions per step are K scalars released on the same batch:
+        one K-dim mechanism of L2 sensitivity √K·C (Gaussian) or L1 sensitivity K·C (Laplace), so the accountant
+        sees the per-scalar noise divided by √K (resp. K)."""
+        cfg = self.cfg
+        per_step = math.sqrt(cfg.directions) if self.mechanism == "gaussian" else float(cfg.directions)
+        kw = dict(steps=self.total_steps, sampling_rate=self.rate, delta=cfg.delta, accountant=cfg.accountant,
+                  sampling=cfg.sampling, dataset_size=self.n)
+        with config_errors():
+            if cfg.noise_multiplier is not None:
+                x = float(cfg.noise_multiplier)
+                if x == 0.0:
+                    return 0.0, math.inf
+                epsilon_of = dp.gaussian_epsilon if self.mechanism == "gaussian" else dp.laplace_epsilon
+                return x, epsilon_of(x / per_step, **kw)
+            noise_for = dp.gaussian_sigma_for_epsilon if self.mechanism == "gaussian" else dp.laplace_scale_for_epsilon
+            return noise_for(cfg.epsilon, **kw) * per_step, float(cfg.epsilon)
+
+    @property
+    def noise_std(self) -> float:
+        """Standard deviation of the noise on the released ĝ: σC/B (0 when σ = 0, whatever C)."""
+        return self.sigma * self.cfg.clip / self.cfg.batch_size if self.sigma > 0 else 0.0
+
+    # ------------------------------------------------------------------------------------------------- step
+    def batch(self, t: int) -> list[int]:
+        cfg = self.cfg
+        if cfg.sampling == "fixed":
+            return sample_batch(self.n, cfg.batch_size, self.run_seed, t)
+        return poisson_batch(self.secret, self.n, self.rate, t)
+
+    def noise(self, t: int) -> np.ndarray:
+        """K unit draws for step t, a pure function of (secret key, t): a recomputed step releases the same ĝ."""
+        rng = self.secret.numpy("noise", t)
+        k = self.cfg.directions
+        return rng.standard_normal(k) if self.mechanism == "gaussian" else rng.laplace(0.0, 1.0, k)
+
+    def privatize(self, lp, lm, xi: float) -> tuple[float, dict]:
+        """ĝ = mean_i clip_C(g_i) + (σC/B)·ξ  (DPZero, arXiv 2310.09639, Alg. 1)."""
+        cfg = self.cfg
+        g = zo_scalars(lp, lm, cfg.eps).clamp(-cfg.clip, cfg.clip)
+        if cfg.sampling == "fixed":
+            avg = float(g.mean())  # same reduction as MeZO's, so σ = 0, C = ∞ reproduces MeZO bit for bit
+        else:
+            avg = float(g.sum()) / cfg.batch_size  # Poisson: divide by the expected batch size
+        return (avg + self.noise_std * xi if self.noise_std > 0 else avg), {}
+
+    def step(self, t: int) -> Release:
+        cfg, K = self.cfg, self.cfg.directions
+        idx = self.batch(t)
+        xi = self.noise(t)
+        updates, released, extra = [], [], {}
+        for k in range(K):
+            seed = direction_seed(self.run_seed, t, k)
+            if idx:
+                lp, lm = self.engine.pair_losses(self.pool, idx, seed, cfg.eps)
+            else:  # an empty Poisson batch: the sum is 0, only noise is released
+                lp = lm = _EMPTY
+            g, more = self.privatize(lp, lm, float(xi[k]))
+            if not math.isfinite(g):
+                raise TrainingDiverged(f"training: loss is NaN/inf at step {t}")
+            updates.append((seed, g / K))
+            released.append(g)
+            for key, v in more.items():
+                extra.setdefault(key, []).append(v)
+        return Release(updates=updates, public={"projected_grad": released, **extra})  # the noisy scalars only
+
+    # ------------------------------------------------------------------------------------------ ledger
+    def ledger_fields(self) -> dict:
+        cfg = self.cfg
+        return {"method": self.name, "guarantee": self.guarantee, "budget": None, "mechanism": self.mechanism,
+                "noise_multiplier": self.sigma, "noise_std": self.noise_std, "accountant": cfg.accountant,
+                "sampling": cfg.sampling, "sampling_rate": self.rate, "pool_size": self.n,
+                "batch_size": cfg.batch_size, "directions": cfg.directions, "clip": cfg.clip, "clipped": self.clipped,
+                **self.summary({})}
+
+    def summary(self, ledger_state: dict) -> dict:
+        cfg = self.cfg
+        if self.sigma == 0.0:
+            return {"guarantee": "none", "mi_nats": None, "epsilon": math.inf, "delta": cfg.delta,
+                    "mia_posterior_bound": 1.0, "assumptions": "noise_multiplier = 0: no privacy guarantee"}
+        if cfg.sampling == "poisson":
+            scheme = (f"Poisson sampling (each pool example joins each step with probability q = {self.rate:.6g}, "
+                      "drawn from the secret key); neighbouring pools differ by adding or removing one example")
+        else:
+            scheme = (f"fixed-size batches of {cfg.batch_size} drawn without replacement from the {self.n}-example "
+                      "pool (public seeds); neighbouring pools differ by replacing one example")
+        return {"guarantee": "dp", "mi_nats": None, "epsilon": self.epsilon, "delta": cfg.delta,
+                "mia_posterior_bound": eps_to_posterior(self.epsilon, cfg.delta),
+                "assumptions": (f"(ε, δ)-DP of all {self.total_steps} releases with respect to the training pool; "
+                                f"{scheme}; {cfg.accountant.upper()} accountant (dp_accounting) for the "
+                                f"{self.mechanism} mechanism on the {self.clipped} clipped to [−C, C]; only the "
+                                "noisy scalar is released, directions come from public seeds")}
+
+
+METHOD = DPZero

@@ -1,0 +1,182 @@
+"""PACZero (arXiv 2605.06505, "PAC-Private Fine-Tuning of Language Models via Sign Quantization").
+
+A pool of N examples, M candidate subsets in a balanced design (every example in exactly M/2 subsets, so the prior
+membership of each example is ½), and a secret index J ~ Uniform[M]; the model is trained on S_J. Each step:
+per-example ZO scalars for all N examples (two batched passes over the union, from the shared engine), clipped to
+[−c, c]; subset means G_m; signs s_m (0 → +1).
+  ZPL (I = 0): all M signs equal → release the common sign, else a fair coin from a public RNG.
+  MI (budget B nats): q₊ = Σ p_m [s_m = +1] under the posterior p; q₊ ∈ {0,1} → release s_J free; else
+  R = s_J + N(0, σ²) with I(S; R) = β_t, release sign(R), update p_m ∝ p_m·exp(−(s_m − R)²/2σ²), charge β_t.
+θ ← θ − η_t(Y·z + λθ). J and the per-subset statistics never leave this object: the transcript holds only the public
+step seed, the released sign, the public σ and whether the step was unanimous.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import numpy as np
+from pydantic import Field, model_validator
+
+from ..config import NonNegFloat, PosFloat, PosInt, ZOCfg
+from ..errors import ConfigError, TrainingDiverged
+from ..privacy import bounds, pac
+from ..zo.engine import derive_seed, direction_seed, zo_scalars
+from . import Method, Release
+
+
+class Config(ZOCfg):
+    name: Literal["paczero"] = "paczero"
+    mode: Literal["zpl", "mi"] = "zpl"
+    subsets: PosInt = 128  # M (even)
+    clip: PosFloat = 25.0  # c: per-example scalar clipped to [−c, c]
+    budget: PosFloat | None = Field(default=None, description="total MI budget in nats (mode mi)")
+    allocation: Literal["adaptive", "uniform"] = "adaptive"
+    lr: PosFloat = 1e-3
+    eps: PosFloat = 1e-2
+
+    @model_validator(mode="after")
+    def _check(self):
+        if self.subsets < 2 or self.subsets % 2:
+            raise ValueError(f"method.subsets: must be an even number >= 2, got {self.subsets}")
+        if self.mode == "mi" and self.budget is None:
+            raise ValueError("method.budget: required (nats) when method.mode is mi")
+        return self
+
+
+def balanced_design(n: int, m: int, seed: int) -> np.ndarray:
+    """Membership matrix [n, m] (bool): each example in exactly m/2 subsets, chosen uniformly (public seed)."""
+    rng = np.random.default_rng(np.random.SeedSequence([seed, 7]))
+    keys = rng.random((n, m))
+    cols = np.argsort(keys, axis=1, kind="stable")[:, : m // 2]
+    member = np.zeros((n, m), dtype=bool)
+    np.put_along_axis(member, cols, True, axis=1)
+    return member
+
+
+def subset_means(g: np.ndarray, member: np.ndarray) -> np.ndarray:
+    """G_m = mean of g_i over the examples of subset m, for all m at once (float64, fixed summation order)."""
+    counts = member.sum(axis=0).astype(np.float64)
+    if np.any(counts == 0):
+        raise ConfigError("task.pool_size: too small for method.subsets (a subset is empty)")
+    return (member.astype(np.float64).T @ g) / counts
+
+
+def signs_of(G: np.ndarray) -> np.ndarray:
+    return np.where(G >= 0, 1, -1).astype(np.int8)  # sign with 0 → +1
+
+
+class PACZero(Method):
+    name = "paczero"
+    needs_secret = True
+
+    def __init__(self, cfg, engine, pool, run_seed, total_steps, secret=None):
+        super().__init__(cfg, engine, pool, run_seed, total_steps, secret)
+        if secret is None:
+            raise ConfigError("method: paczero needs a secret key (run it through privtune.train)")
+        self.guarantee = "pac-zpl" if cfg.mode == "zpl" else "pac-mi"
+        self.member = balanced_design(len(pool), cfg.subsets, run_seed)
+        subset_means(np.zeros(len(pool)), self.member)  # fail early on empty subsets
+        self._secret_index = int(secret.numpy("subset").integers(cfg.subsets))  # J: never written anywhere
+        self.posterior = np.full(cfg.subsets, 1.0 / cfg.subsets)
+        self.spent = 0.0  # the method's own running total (equals the ledger's at every checkpoint)
+
+    def __repr__(self) -> str:
+        return f"PACZero(mode={self.cfg.mode}, M={self.cfg.subsets})"
+
+    # ------------------------------------------------------------------------------------------------ the step
+    def step(self, t: int) -> Release:
+        snapshot = (self.posterior.copy(), self.spent)
+        try:
+            return self._step(t)
+        except BaseException:
+            self.posterior, self.spent = snapshot  # a failed step leaves no trace in the mechanism's state
+            raise
+
+    def _step(self, t: int) -> Release:
+        cfg, K = self.cfg, self.cfg.directions
+        updates, released, unanimous, sigmas = [], [], [], []
+        charge = 0.0
+        for k in range(K):
+            seed = direction_seed(self.run_seed, t, k)
+            lp, lm = self.engine.pair_losses(self.pool, None, seed, cfg.eps)
+            g = zo_scalars(lp, lm, cfg.eps).cpu().numpy()
+            if not np.all(np.isfinite(g)):
+                raise TrainingDiverged(f"training: loss is NaN/inf at step {t}")
+            s = signs_of(subset_means(np.clip(g, -cfg.clip, cfg.clip), self.member))
+            if cfg.mode == "zpl":
+                y, free, sigma, cost = self._zpl(s, t, k)
+            else:
+                y, free, sigma, cost = self._mi(s, t, k)
+            charge += cost
+            updates.append((seed, y / K))
+            released.append(y)
+            unanimous.append(free)
+            sigmas.append(sigma)
+        self.spent += charge
+        n_free = sum(unanimous)
+        counters = {"directions": K, "unanimous": n_free,
+                    ("coin_flips" if cfg.mode == "zpl" else "noisy_releases"): K - n_free}
+        public = {"sign": released, "unanimous": unanimous}
+        if cfg.mode == "mi":
+            public["sigma"] = sigmas
+            public["charged_nats"] = charge
+        return Release(updates=updates, public=public, charge=charge, counters=counters)
+
+    def _zpl(self, s: np.ndarray, t: int, k: int):
+        if pac.is_unanimous_zpl(s):
+            return int(s[self._secret_index]), True, 0.0, 0.0  # every J gives this same sign: I = 0
+        return self._coin(t, k), False, 0.0, 0.0
+
+    def _coin(self, t: int, k: int) -> int:
+        """A fair ±1 coin from a public RNG (run seed, step, direction): independent of the data and of J."""
+        rng = np.random.default_rng(np.random.SeedSequence([derive_seed(self.run_seed, 3, t, k)]))
+        return 1 if rng.random() < 0.5 else -1
+
+    def _mi(self, s: np.ndarray, t: int, k: int):
+        cfg, K = self.cfg, self.cfg.directions
+        if pac.is_unanimous_mi(self.posterior, s):
+            return int(s[self._secret_index]), True, 0.0, 0.0  # q₊ ∈ {0,1}: the release is known in advance
+        q = pac.q_plus(self.posterior, s)
+        beta = pac.step_budget(cfg.budget, self.spent, self.total_steps, t, cfg.allocation) / K
+        beta = pac.cap_budget(beta, q)
+        if beta <= 0.0:
+            raise TrainingDiverged(f"privacy budget: spent at step {t}; the run stops here")
+        sigma = pac.calibrate_sigma(q, beta)
+        noise = float(self.secret.numpy("noise", t * K + k).standard_normal())
+        r = float(s[self._secret_index]) + sigma * noise
+        self.posterior = pac.posterior_update(self.posterior, s, r, sigma)
+        return (1 if r >= 0 else -1), False, sigma, beta
+
+    # ------------------------------------------------------------------------------------------ ledger / state
+    def ledger_fields(self) -> dict:
+        return {"method": self.name, "guarantee": self.guarantee, "mode": self.cfg.mode,
+                "budget": self.cfg.budget if self.cfg.mode == "mi" else None,  # ZPL: I = 0, no budget to spend
+                "pool_size": len(self.pool), "subsets": self.cfg.subsets, "clip": self.cfg.clip,
+                "allocation": self.cfg.allocation if self.cfg.mode == "mi" else None,
+                **self.summary({"spent": 0.0})}
+
+    def summary(self, state: dict) -> dict:
+        mi = 0.0 if self.cfg.mode == "zpl" else float(state.get("spent", 0.0))
+        post = bounds.mi_to_posterior(mi)
+        n = max(int(state.get("directions", 0)), 1)
+        out = {"guarantee": self.guarantee, "mi_nats": mi, "epsilon": None, "delta": None,
+               "epsilon_matched": bounds.posterior_to_eps(post) if post < 1.0 else math.inf,
+               "mia_posterior_bound": post,
+               "unanimity_rate": float(state.get("unanimous", 0)) / n if "directions" in state else None,
+               "assumptions": ("PAC privacy of the secret subset index J among M balanced subsets of the pool "
+                               "(membership prior 1/2); MI bounds the attacker's posterior on membership; "
+                               "ε is given only as the DP ε with the same posterior bound")}
+        return out
+
+    def private_state(self) -> dict:
+        return {"posterior": self.posterior.copy(), "spent": self.spent}
+
+    def load_private_state(self, state: dict) -> None:
+        if state:
+            self.posterior = np.asarray(state["posterior"], dtype=np.float64)
+            self.spent = float(state["spent"])
+
+
+METHOD = PACZero
