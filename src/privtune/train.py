@@ -78,7 +78,11 @@ def build_model(cfg) -> tuple[LoadedModel, Selection]:
 
 def encode_examples(setup: Setup, examples) -> Encoded:
     ids = [setup.lm.codec.encode(render(setup.task.template, ex.text)) for ex in examples]
-    return setup.engine.encode(ids, [ex.label for ex in examples])
+    m = setup.cfg.model
+    key = None if m.name == "tiny" else f"{m.name}|{m.dtype}"  # the tiny model builds its cache in milliseconds
+    if key is not None and Path(m.name).is_dir():  # a local folder: its files' sizes and times identify the weights
+        key += "|" + ";".join(f"{f.name}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in sorted(Path(m.name).iterdir()))
+    return setup.engine.encode(ids, [ex.label for ex in examples], disk_key=key)
 
 
 def prepare(cfg, *, need_pool: bool = True, need_eval: bool = True, callback: Callback | None = None) -> Setup:

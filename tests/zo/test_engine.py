@@ -125,3 +125,14 @@ def _grad_logits(eng, data, idx):
     h = eng.base.embed_tokens(ids)
     h = eng._run_layers(h, attn, 0, len(eng.layers))
     return eng.base.norm(h[:, -1]) @ eng.head_weight[eng.verb].T
+
+
+@pytest.mark.parametrize("kind", ["top_layers:1", "lora", "full"])
+def test_last_position_block_equals_full_block(kind):
+    sel, eng, data = make(kind, cache=False, micro=5)
+    assert eng.last_position_only
+    d = Direction(3, 1e-2)
+    fast = eng.logits(data, None, d)
+    eng.last_position_only = False
+    slow = eng.logits(data, None, Direction(3, 1e-2))
+    assert torch.allclose(fast, slow, atol=1e-5)

@@ -22,18 +22,9 @@ import numpy as np
 from scipy.optimize import brentq
 
 from privtune.errors import ConfigError
+from privtune.privacy._checks import number as _check_finite
 
 LN2 = math.log(2.0)
-
-
-def _check_finite(name: str, value: float) -> float:
-    try:
-        value = float(value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"{name}: must be a number, got {value!r}") from None
-    if math.isnan(value):
-        raise ConfigError(f"{name}: must be a number, got nan")
-    return value
 
 
 def _check_posterior(p: float, name: str = "p") -> float:

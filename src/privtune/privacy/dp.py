@@ -33,22 +33,13 @@ from dp_accounting.pld import pld_privacy_accountant
 from dp_accounting.rdp import rdp_privacy_accountant
 
 from privtune.errors import ConfigError
+from privtune.privacy._checks import number as _number
 
 ACCOUNTANTS = ("rdp", "pld")
 SAMPLINGS = ("poisson", "fixed")
 PLD_DISCRETIZATION = 1e-4  # dp_accounting's default value_discretization_interval for the PLD accountant
 
 _NeighborRel = dp_accounting.NeighboringRelation
-
-
-def _number(name: str, value) -> float:
-    try:
-        value = float(value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"{name}: must be a number, got {value!r}") from None
-    if math.isnan(value):
-        raise ConfigError(f"{name}: must be a number, got nan")
-    return value
 
 
 def _check_common(steps, sampling_rate, delta, accountant, sampling) -> tuple[int, float, float]:

@@ -19,19 +19,10 @@ import numpy as np
 from scipy.special import log_ndtr, logsumexp, ndtr
 
 from privtune.errors import ConfigError
+from privtune.privacy._checks import number as _number
 
 _SIGMA_MIN = 1e-3  # I(S; S+N(0,σ²)) equals H(q) to machine precision at and below this σ
 _SIGMA_MAX = 1e12  # I ≈ 2q(1−q)/σ² ≈ 5e-25 here: far below any budget worth charging
-
-
-def _number(name: str, value) -> float:
-    try:
-        value = float(value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"{name}: must be a number, got {value!r}") from None
-    if math.isnan(value):
-        raise ConfigError(f"{name}: must be a number, got nan")
-    return value
 
 
 def _check_q(q) -> float:

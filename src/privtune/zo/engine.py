@@ -65,6 +65,9 @@ class Encoded:
 
 
 # ---------------------------------------------------------------------------------------------------------- engine
+_LAST_POS_OK = {"LlamaDecoderLayer", "MistralDecoderLayer"}
+
+
 class ZOEngine:
     def __init__(self, selection: Selection, verbalizer_ids: list[int], device: torch.device | str = "cpu",
                  micro_batch: int = 64, use_cache: bool = True, keep_z: bool | None = None):
@@ -85,6 +88,9 @@ class ZOEngine:
         # Keep the step's z between the ± passes and the update when it costs ≤ 10% of the model's memory:
         # one draw of z per step instead of two. Otherwise z lives one layer at a time.
         self.keep_z = (n_train <= 0.1 * n_all) if keep_z is None else bool(keep_z)
+        # The last block computed only at the last position (keys/values still for all positions): exact for
+        # Llama-style blocks, whose loss needs nothing else.
+        self.last_position_only = bool(self.layers is not None and type(self.layers[-1]).__name__ in _LAST_POS_OK)
         self._bank: dict[int, torch.Tensor] = {}
         self._bank_seed: int | None = None
         self._active: Direction | None = None
@@ -147,8 +153,21 @@ class ZOEngine:
             h.remove()
 
     # ------------------------------------------------------------------------------------------------ encoding
-    def encode(self, ids: list[list[int]], labels) -> Encoded:
+    def encode(self, ids: list[list[int]], labels, disk_key: str | None = None) -> Encoded:
+        """Tokenized examples plus, when the lower blocks are frozen, their output (the frozen-prefix cache).
+
+        With `disk_key` (identifying the model weights), the cache is also kept on disk under PRIVTUNE_CACHE, so
+        runs that share a model, a trainable boundary and examples build it once.
+        """
         data = Encoded([list(x) for x in ids], torch.as_tensor(labels, dtype=torch.long))
+        if self.cache_layer > 0 and disk_key is not None:
+            path = self._disk_path(disk_key, data)
+            if path.exists():
+                try:
+                    data.cache = [t.to(self.device) for t in torch.load(path, weights_only=True)]
+                    return data
+                except Exception:  # a torn or foreign file: rebuild it
+                    path.unlink(missing_ok=True)
         if self.cache_layer > 0:
             data.cache = [None] * len(data)
             with torch.no_grad():
@@ -158,7 +177,26 @@ class ZOEngine:
                     for row, j in enumerate(chunk):
                         n = len(data.ids[j])
                         data.cache[j] = h[row, h.shape[1] - n:].clone()
+            if disk_key is not None:
+                import io
+
+                from ..rundir import atomic_write_bytes
+
+                buf = io.BytesIO()
+                torch.save([t.cpu() for t in data.cache], buf)
+                path.parent.mkdir(parents=True, exist_ok=True)
+                atomic_write_bytes(path, buf.getvalue())
         return data
+
+    def _disk_path(self, disk_key: str, data: Encoded):
+        import hashlib
+
+        from ..models import cache_dir
+
+        h = hashlib.sha256(f"{disk_key}|layer={self.cache_layer}|mb={self.micro_batch}|{self.device.type}".encode())
+        for x in data.ids:
+            h.update(b"|" + ",".join(map(str, x)).encode())
+        return cache_dir() / "prefix" / f"{h.hexdigest()[:40]}.pt"
 
     def _chunks(self, idx: list[int], data: Encoded) -> list[list[int]]:
         order = sorted(idx, key=lambda j: (len(data.ids[j]), j))  # length-sorted: little padding, deterministic
@@ -191,6 +229,26 @@ class ZOEngine:
         mask, pos, pe = geo
         h = layer(h, attention_mask=mask, position_ids=pos, position_embeddings=pe)
         return h[0] if isinstance(h, tuple) else h  # older transformers return (hidden,)
+
+    def _last_position_block(self, layer, h, geo):
+        """A Llama decoder block evaluated only at the last position: [B,T,d] → [B,1,d]."""
+        from transformers.models.llama.modeling_llama import apply_rotary_pos_emb, repeat_kv
+
+        mask, _, (cos, sin) = geo
+        attn = layer.self_attn
+        x = layer.input_layernorm(h)
+        B, T, _ = x.shape
+        hd = attn.head_dim
+        q = attn.q_proj(x[:, -1:]).view(B, 1, -1, hd).transpose(1, 2)
+        k = attn.k_proj(x).view(B, T, -1, hd).transpose(1, 2)
+        v = attn.v_proj(x).view(B, T, -1, hd).transpose(1, 2)
+        q, _ = apply_rotary_pos_emb(q, q, cos[:, -1:], sin[:, -1:])
+        _, k = apply_rotary_pos_emb(k, k, cos, sin)
+        rep = q.shape[1] // k.shape[1]
+        k, v = repeat_kv(k, rep), repeat_kv(v, rep)
+        o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask[:, :, -1:, :], scale=attn.scaling)
+        h_last = h[:, -1:] + attn.o_proj(o.transpose(1, 2).reshape(B, 1, -1))
+        return h_last + layer.mlp(layer.post_attention_layernorm(h_last))
 
     def _run_layers(self, h, attn, start, end):
         geo = self._geometry(attn, h)
@@ -229,10 +287,13 @@ class ZOEngine:
         start = self.cache_layer if data.cache is not None else 0
         head_keep = {self.index[id(self.head_weight)]} if id(self.head_weight) in self.index else set()
         self._forget(directions, keep=head_keep)
-        for layer in self.layers[start:]:
+        n_layers = len(self.layers)
+        for li in range(start, n_layers):
+            layer = self.layers[li]
+            run = self._last_position_block if (li == n_layers - 1 and self.last_position_only) else self._layer
             for di, d in enumerate(directions):
                 self._active = d
-                states[di] = [self._layer(layer, h, g) for h, g in zip(states[di], geos)]
+                states[di] = [run(layer, h, g) for h, g in zip(states[di], geos)]
             self._active = None
             self._forget(directions, keep=head_keep)
         out = []

@@ -1,0 +1,132 @@
+"""ZO step cost versus inference, measured in one process as ratios (the machine is shared and noisy).
+
+For each trainable set:
+  time_ratio   = ZO step (θ±εz passes + update) ÷ two plain forward passes of the same batch (target ≤ 1.10)
+  memory_ratio = peak RSS during a ZO step ÷ peak RSS during those two forward passes (target ≤ 1.10);
+                 also the increments over the resident baseline (weights + cache), which isolate the step's own cost
+  prefix_speedup (top_layers:k) = ZO step without the frozen-prefix cache ÷ with it
+
+Usage: python benchmarks/zo_step.py [--model smollm2-135m|tiny] [--batch 32] [--repeats 5] [--out FILE]
+Writes JSON (default benchmarks/results/zo_step.json).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from privtune import config as C
+from privtune.train import encode_examples, prepare
+from privtune.zo.engine import ZOEngine, direction_seed
+
+
+def _status(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def _reset_peak() -> bool:
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def peak_of(fn) -> tuple[int, int]:
+    """(resident bytes before, peak resident bytes during fn)."""
+    base = _status("VmRSS:")
+    _reset_peak()
+    fn()
+    return base, _status("VmHWM:")
+
+
+def timed(fn) -> float:
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
+
+
+def bench_kind(model: str, kind: str, batch: int, repeats: int, cache: bool = True) -> dict:
+    cfg = C.build({"model": {"name": model, "device": "cpu"},
+                   "task": {"name": "sst2", "eval_limit": batch},
+                   "trainable": {"kind": kind}, "train": {"micro_batch": batch, "prefix_cache": cache}})
+    setup = prepare(cfg, need_pool=False, need_eval=False)
+    data = encode_examples(setup, setup.task.eval[:batch])
+    eng: ZOEngine = setup.engine
+    idx = list(range(batch))
+
+    def infer():
+        eng.logits(data, idx)
+        eng.logits(data, idx)
+
+    step_no = [0]
+
+    def zo_step():
+        seed = direction_seed(0, step_no[0])
+        step_no[0] += 1
+        lp, lm = eng.pair_losses(data, idx, seed, 1e-3)
+        eng.apply_update([(seed, 0.0)], 0.0)  # coefficient 0: same work, weights unchanged
+
+    infer(), zo_step()  # warm-up
+    t_inf, t_zo, m_inf, m_zo = [], [], [], []
+    for _ in range(repeats):  # interleaved so that machine noise hits both alike
+        t_inf.append(timed(infer))
+        t_zo.append(timed(zo_step))
+    for _ in range(2):
+        m_inf.append(peak_of(infer))
+        m_zo.append(peak_of(zo_step))
+    base = min(b for b, _ in m_inf + m_zo)
+    peak_inf, peak_zo = max(p for _, p in m_inf), max(p for _, p in m_zo)
+    out = {
+        "kind": kind, "prefix_cache": cache and eng.cache_layer > 0, "batch": batch,
+        "trainable_params": sum(p.numel() for _, p in setup.sel.params),
+        "keep_z": eng.keep_z,
+        "two_forward_s": statistics.median(t_inf), "zo_step_s": statistics.median(t_zo),
+        "time_ratio": statistics.median(t_zo) / statistics.median(t_inf),
+        "peak_rss_inference_mb": peak_inf / 2**20, "peak_rss_zo_mb": peak_zo / 2**20,
+        "memory_ratio": peak_zo / peak_inf,
+        "increment_over_resident_mb": {"inference": (peak_inf - base) / 2**20, "zo": (peak_zo - base) / 2**20},
+    }
+    eng.close()
+    return out
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="smollm2-135m")
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--kinds", default="full,top_layers:4,top_layers:2,top_layers:1,lora")
+    ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "zo_step.json"))
+    args = ap.parse_args()
+    torch.set_num_threads(2)
+    rows = []
+    for kind in args.kinds.split(","):
+        row = bench_kind(args.model, kind, args.batch, args.repeats)
+        if kind.startswith("top_layers"):
+            nocache = bench_kind(args.model, kind, args.batch, max(2, args.repeats // 2), cache=False)
+            row["zo_step_no_cache_s"] = nocache["zo_step_s"]
+            row["prefix_speedup"] = nocache["zo_step_s"] / row["zo_step_s"]
+        rows.append(row)
+        print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()}), flush=True)
+    result = {"benchmark": "zo_step", "model": args.model, "batch": args.batch, "repeats": args.repeats,
+              "machine": {"cpu_threads": torch.get_num_threads(), "platform": platform.platform(),
+                          "torch": torch.__version__},
+              "rows": rows}
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
