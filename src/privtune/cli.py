@@ -169,7 +169,8 @@ def privacy_convert(
     def go():
         given = [f for f, v in (("--mi", mi), ("--epsilon", epsilon), ("--posterior", posterior)) if v is not None]
         if len(given) != 1:
-            raise PrivtuneError(f"privacy convert: give exactly one of --mi, --epsilon, --posterior (got {given or 'none'})")
+            raise PrivtuneError("privacy convert: give exactly one of --mi, --epsilon, --posterior "
+                                f"(got {given or 'none'})")
         try:
             return privacy_views(mi=number("--mi", mi), epsilon=number("--epsilon", epsilon),
                                  posterior=number("--posterior", posterior), delta=number("--delta", delta))

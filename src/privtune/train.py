@@ -208,7 +208,12 @@ def train(cfg, *, resume: bool = False, callback: Callback | None = None, stop_a
     else:
         run_id = uuid.uuid4().hex
         key = S.create(run_id, S.fixed_seed_from_env()) if cls.needs_secret else None
-    method = cls(cfg.method, setup.engine, setup.pool, cfg.train.seed, steps, secret=key)
+    try:
+        method = cls(cfg.method, setup.engine, setup.pool, cfg.train.seed, steps, secret=key)
+    except BaseException:
+        if key is not None and not resume:
+            key.forget()  # nothing was released under this key
+        raise
     if resume:
         start = load_checkpoint(out, setup) if (out / R.STATE_DIR / "state.json").exists() else 0
         method.load_private_state(_load_private(run_id, start))

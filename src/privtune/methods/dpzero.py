@@ -8,8 +8,8 @@ mean and the loss never leave this object. σ is calibrated once, for the whole 
 
 Noise scale. The noise std on the summed clipped scalars is σ·C, with C the add/remove-one sensitivity of that sum
 (privacy/dp.py's convention; under sampling="fixed" the accountant itself charges the replace-one sensitivity 2C).
-The reference code (Liang137/DPZero, opt/src/trainer.py) uses std 2·σ_opacus·C/B with a Poisson/add-remove σ; the
-extra 2 there is the replace-one sensitivity, which dp.py accounts for under "fixed" instead.
+The reference code (Liang137/DPZero, opt/src/trainer.py) adds std 2·σ·C/B with σ from Opacus' Poisson calibration,
+i.e. it charges the replace-one sensitivity 2C everywhere; here dp.py charges 2C under "fixed" and C under "poisson".
 Sampling. "fixed": the public batch privtune.data.sample_batch (MeZO's), replace-one neighbours. "poisson": each
 pool example joins step t's batch with probability q = B/N, drawn from the secret key (membership stays private);
 the sum is divided by the expected batch size B (as Opacus does), so the noise std on ĝ is σC/B in both cases.
