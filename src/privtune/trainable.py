@@ -1,4 +1,5 @@
-"""Which parameters a run trains: `lora` | `full` | `top_layers:k` | `norms`, and where the frozen prefix ends.
+"""Which parameters a run trains: `lora` | `full` | `top_layers:k` | `norms` | `final_norm`, and where the frozen
+prefix ends.
 
 `select(model, spec)` returns the (possibly peft-wrapped) model, the ordered list of trainable (name, Parameter)
 and `first_trainable_layer`: every block below it (and the embedding) is frozen, so its output can be cached.
@@ -57,12 +58,12 @@ def _cache_boundary(name: str, n_layers: int) -> int:
 
 
 def parse_kind(kind: str) -> tuple[str, int | None]:
-    if kind in ("lora", "full", "norms"):
+    if kind in ("lora", "full", "norms", "final_norm"):
         return kind, None
     m = re.fullmatch(r"top_layers:(\d+)", kind)
     if m and int(m.group(1)) >= 1:
         return "top_layers", int(m.group(1))
-    raise ConfigError(f"trainable.kind: {kind!r} is not one of lora, full, norms, top_layers:K (K >= 1)")
+    raise ConfigError(f"trainable.kind: {kind!r} is not one of lora, full, norms, final_norm, top_layers:K (K >= 1)")
 
 
 def select(model: torch.nn.Module, kind: str, lora: LoraSpec | None = None, seed: int = 0) -> Selection:
@@ -79,6 +80,8 @@ def select(model: torch.nn.Module, kind: str, lora: LoraSpec | None = None, seed
         chosen = list(model.named_parameters())
     elif name == "norms":
         chosen = [(n, p) for n, p in model.named_parameters() if p.ndim == 1 and "norm" in n]
+    elif name == "final_norm":  # the final norm's gain vector: every block is frozen and cacheable
+        chosen = [(n, p) for n, p in model.named_parameters() if n.endswith("model.norm.weight")]
     else:
         if layers is None:
             raise ConfigError("trainable.kind: top_layers needs a Llama-style model (model.layers); use lora or full")

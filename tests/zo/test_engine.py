@@ -53,7 +53,7 @@ def test_batched_per_example_losses_equal_one_at_a_time():
     assert torch.allclose(batched, single, atol=1e-5)
 
 
-@pytest.mark.parametrize("kind", ["top_layers:1", "top_layers:3", "lora_top"])
+@pytest.mark.parametrize("kind", ["top_layers:1", "top_layers:3", "lora_top", "final_norm"])
 def test_prefix_cache_losses_equal_uncached(kind):
     if kind == "lora_top":
         lm = build_tiny(0)
