@@ -245,7 +245,7 @@ def train(cfg, *, resume: bool = False, callback: Callback | None = None, stop_a
             return {"stopped_at": t}
         try:
             rel = method.step(t)
-        except TrainingDiverged:
+        except PrivtuneError:  # NaN loss or budget spent: stop cleanly at the last good state
             _save_private(run_id, t, method)
             save_checkpoint(out, setup, t)  # θ is still the last good state
             raise

@@ -259,3 +259,18 @@ def test_spent_budget_refuses_to_go_on(tmp_path, make_cfg, monkeypatch):
     from privtune.errors import PrivtuneError
     with pytest.raises(PrivtuneError, match="budget"):
         train(cfg, resume=True)
+
+
+def test_mi_near_certain_posterior_releases_exactly_and_charges_entropy():
+    """When H(q₊) ≤ β_t, releasing s_J itself leaks exactly H(q₊): no noise, charge H(q₊), posterior conditioned."""
+    meth, eng = make("mi", 8, 4, lambda h: np.array([3.0, 3.0, 3.0, 3.0, -3.0, -3.0, -3.0, -3.0]), budget=0.3,
+                     steps=2)
+    s = P.signs_of(P.subset_means(np.array([3.0] * 4 + [-3.0] * 4), meth.member))
+    assert len(set(s.tolist())) == 2, "the test needs split signs"
+    meth.posterior = np.where(s == s[meth._secret_index], 1.0, 1e-30)
+    meth.posterior /= meth.posterior.sum()
+    q = pac.q_plus(meth.posterior, s)
+    rel = meth.step(0)
+    assert rel.public["sign"] == [int(s[meth._secret_index])] and rel.public["sigma"] == [0.0]
+    assert rel.charge == pytest.approx(pac.bernoulli_entropy(q)) and 0 < rel.charge < 0.15
+    assert set(np.flatnonzero(meth.posterior > 0)) == set(np.flatnonzero(s == s[meth._secret_index]))

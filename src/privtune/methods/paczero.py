@@ -20,7 +20,7 @@ import numpy as np
 from pydantic import Field, model_validator
 
 from ..config import NonNegFloat, PosFloat, PosInt, ZOCfg
-from ..errors import ConfigError, TrainingDiverged
+from ..errors import BudgetError, ConfigError, TrainingDiverged
 from ..privacy import bounds, pac
 from ..zo.engine import derive_seed, direction_seed, zo_scalars
 from . import Method, Release
@@ -98,6 +98,9 @@ class PACZero(Method):
         cfg, K = self.cfg, self.cfg.directions
         updates, released, unanimous, sigmas = [], [], [], []
         charge = 0.0
+        self._charged_now = []
+        if cfg.mode == "mi":
+            self._beta_step = pac.step_budget(cfg.budget, self.spent, self.total_steps, t, cfg.allocation)
         for k in range(K):
             seed = direction_seed(self.run_seed, t, k)
             lp, lm = self.engine.pair_losses(self.pool, None, seed, cfg.eps)
@@ -110,6 +113,7 @@ class PACZero(Method):
             else:
                 y, free, sigma, cost = self._mi(s, t, k)
             charge += cost
+            self._charged_now.append(cost)
             updates.append((seed, y / K))
             released.append(y)
             unanimous.append(free)
@@ -139,10 +143,18 @@ class PACZero(Method):
         if pac.is_unanimous_mi(self.posterior, s):
             return int(s[self._secret_index]), True, 0.0, 0.0  # q₊ ∈ {0,1}: the release is known in advance
         q = pac.q_plus(self.posterior, s)
-        beta = pac.step_budget(cfg.budget, self.spent, self.total_steps, t, cfg.allocation) / K
-        beta = pac.cap_budget(beta, q)
+        beta = (self._beta_step - sum(self._charged_now)) / (K - k)  # this direction's share of β_t
+        h = pac.bernoulli_entropy(q)
+        if h <= beta:
+            # Releasing s_J itself leaks exactly H(q₊) ≤ β_t (entropy ceiling, I(S;S) = H(S)): no noise needed.
+            # This happens once the posterior is nearly sure of the sign (q₊ within float reach of 0 or 1).
+            y = int(s[self._secret_index])
+            self.posterior = np.where(s == y, self.posterior, 0.0)
+            self.posterior /= self.posterior.sum()
+            return y, False, 0.0, h
         if beta <= 0.0:
-            raise TrainingDiverged(f"privacy budget: spent at step {t}; the run stops here")
+            raise BudgetError(f"privacy budget: spent at step {t}; the run stops here")
+        beta = pac.cap_budget(beta, q)
         sigma = pac.calibrate_sigma(q, beta)
         noise = float(self.secret.numpy("noise", t * K + k).standard_normal())
         r = float(s[self._secret_index]) + sigma * noise
