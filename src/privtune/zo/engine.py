@@ -164,7 +164,7 @@ class ZOEngine:
             path = self._disk_path(disk_key, data)
             if path.exists():
                 try:
-                    data.cache = [t.to(self.device) for t in torch.load(path, weights_only=True)]
+                    data.cache = self._trim([t.to(self.device) for t in torch.load(path, weights_only=True)])
                     return data
                 except Exception:  # a torn or foreign file: rebuild it
                     path.unlink(missing_ok=True)
@@ -186,7 +186,15 @@ class ZOEngine:
                 torch.save([t.cpu() for t in data.cache], buf)
                 path.parent.mkdir(parents=True, exist_ok=True)
                 atomic_write_bytes(path, buf.getvalue())
+            data.cache = self._trim(data.cache)
         return data
+
+    def _caches_everything(self) -> bool:
+        return self.layers is not None and self.cache_layer == len(self.layers)
+
+    def _trim(self, cache: list[torch.Tensor]) -> list[torch.Tensor]:
+        """When every block is cached only the last position is ever read: keep just that row."""
+        return [c[-1:].clone() for c in cache] if self._caches_everything() else cache
 
     def _disk_path(self, disk_key: str, data: Encoded):
         import hashlib
@@ -258,6 +266,9 @@ class ZOEngine:
 
     def _start_states(self, data: Encoded, chunk: list[int]):
         """Input of the first computed block for a chunk: the cached prefix output, or token ids to embed."""
+        if data.cache is not None and self._caches_everything():
+            h = torch.stack([data.cache[j] for j in chunk])  # [B, 1, d]: the final hidden state at the last position
+            return h, None, torch.ones((len(chunk), 1), dtype=torch.long, device=self.device)
         if data.cache is not None:
             T = max(len(data.ids[j]) for j in chunk)
             h = data.cache[chunk[0]].new_zeros((len(chunk), T, data.cache[chunk[0]].shape[-1]))
@@ -277,14 +288,14 @@ class ZOEngine:
         if self.base is None:
             return [[self._generic_logits(data, c, d) for c in chunks] for d in directions]
         starts = [self._start_states(data, c) for c in chunks]
-        geos, states = [], []
-        for h0, ids, attn in starts:
-            geos.append(self._geometry(attn, h0 if h0 is not None else self.base.embed_tokens.weight[:1, None]))
+        start = self.cache_layer if data.cache is not None else 0
+        states = []
+        geos = [self._geometry(attn, h0 if h0 is not None else self.base.embed_tokens.weight[:1, None])
+                if start < len(self.layers) else None for h0, ids, attn in starts]
         for d in directions:
             self._active = d
             states.append([h0 if h0 is not None else self.base.embed_tokens(ids) for h0, ids, _ in starts])
         self._active = None
-        start = self.cache_layer if data.cache is not None else 0
         head_keep = {self.index[id(self.head_weight)]} if id(self.head_weight) in self.index else set()
         self._forget(directions, keep=head_keep)
         n_layers = len(self.layers)
