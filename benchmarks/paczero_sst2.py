@@ -1,7 +1,7 @@
 """SmolLM2-135M on SST-2: MeZO vs PACZero-ZPL vs PACZero-MI (0.33 and 0.68 nats) at equal steps, over seeds.
 
 Every run is a normal `privtune train` run (its run dir under --runs), built from configs/sst2_paczero_*.yaml and
-configs/sst2_mezo_pool.yaml with dotted overrides; this script only loops and tabulates. The secret key of run
+configs/sst2_mezo.yaml with dotted overrides; this script only loops and tabulates. The secret key of run
 seed s is PRIVTUNE_SECRET_SEED=s so that the table is reproducible (J differs across seeds).
 
 Usage: python benchmarks/paczero_sst2.py [--seeds 0,1,2] [--steps 1000] [--runs runs/paczero_sst2]
@@ -22,7 +22,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 METHODS = {
-    "mezo": ("configs/sst2_mezo_pool.yaml", []),
+    "mezo": ("configs/sst2_mezo.yaml", []),
     "zpl": ("configs/sst2_paczero_zpl.yaml", []),
     "mi033": ("configs/sst2_paczero_mi.yaml", ["method.budget=0.33"]),
     "mi068": ("configs/sst2_paczero_mi.yaml", ["method.budget=0.68"]),

@@ -105,11 +105,13 @@ def main():
     ap.add_argument("--model", default="smollm2-135m")
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--kinds", default="full,top_layers:4,top_layers:2,top_layers:1,lora")
+    ap.add_argument("--kinds", default="top_layers:1,top_layers:2,top_layers:4,lora,full")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "zo_step.json"))
     args = ap.parse_args()
     torch.set_num_threads(2)
     rows = []
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
     for kind in args.kinds.split(","):
         row = bench_kind(args.model, kind, args.batch, args.repeats)
         if kind.startswith("top_layers"):
@@ -118,13 +120,11 @@ def main():
             row["prefix_speedup"] = nocache["zo_step_s"] / row["zo_step_s"]
         rows.append(row)
         print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()}), flush=True)
-    result = {"benchmark": "zo_step", "model": args.model, "batch": args.batch, "repeats": args.repeats,
-              "machine": {"cpu_threads": torch.get_num_threads(), "platform": platform.platform(),
-                          "torch": torch.__version__},
-              "rows": rows}
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
+        result = {"benchmark": "zo_step", "model": args.model, "batch": args.batch, "repeats": args.repeats,
+                  "machine": {"cpu_threads": torch.get_num_threads(), "platform": platform.platform(),
+                              "torch": torch.__version__},
+                  "rows": rows}
+        out.write_text(json.dumps(result, indent=2) + "\n")  # after every row: a long run keeps what it measured
     print(f"wrote {out}")
 
 

@@ -55,6 +55,8 @@ def _run(fn):
         return fn()
     except PrivtuneError as e:
         _fail(str(e))
+    except OSError as e:  # a write the library did not name (it names its own): still one line, exit 2
+        _fail(f"{e.filename or 'file'}: {e.strerror or e}")
     except KeyboardInterrupt:
         _fail("interrupted; continue with --resume", 130)
 

@@ -52,8 +52,9 @@ class Ledger:
         b = self.budget
         return b is not None and self.spent >= float(b) - BUDGET_SLACK and self.state.get("steps_total", 0) > self.state["steps_done"]
 
-    def charge(self, step: int, amount: float, **counters) -> None:
-        """Record step `step`'s cost. Idempotent: a step already charged (a recomputation after resume) pays nothing."""
+    def charge(self, step: int, amount: float, summary=None, **counters) -> None:
+        """Record step `step`'s cost. Idempotent: a step already charged (a recomputation after resume) pays nothing.
+        `summary(state)` gives the derived fields (MI, posterior bound, ...) written in the same atomic write."""
         if step <= int(self.state["last_charged_step"]):
             return
         if step != int(self.state["last_charged_step"]) + 1:
@@ -66,6 +67,8 @@ class Ledger:
         self.state["steps_done"] = step + 1
         for k, v in counters.items():
             self.state[k] = self.state.get(k, 0) + v
+        if summary is not None:
+            self.state.update(summary(self.state))
         self._write()
 
     def update(self, **fields) -> None:

@@ -142,14 +142,19 @@ def save_model(run: Path, setup: Setup, extra: dict | None = None) -> None:
     cfg = setup.cfg
     final = run / R.MODEL_DIR
     tmp = Path(tempfile.mkdtemp(prefix=".model-", dir=run))
-    R.atomic_save_tensors(tmp / "trainable.safetensors", trainable_state(setup.sel), metadata={"format": "privtune"})
-    R.atomic_write_json(tmp / "manifest.json", {
-        "base_model": cfg.model.name, "trainable": cfg.trainable.model_dump(mode="json"),
-        "dtype": cfg.model.dtype, "parameters": sum(p.numel() for _, p in setup.sel.params), **(extra or {}),
-    })
-    if final.exists():
-        shutil.rmtree(final)
-    os.rename(tmp, final)
+    try:
+        R.atomic_save_tensors(tmp / "trainable.safetensors", trainable_state(setup.sel),
+                              metadata={"format": "privtune"})
+        R.atomic_write_json(tmp / "manifest.json", {
+            "base_model": cfg.model.name, "trainable": cfg.trainable.model_dump(mode="json"),
+            "dtype": cfg.model.dtype, "parameters": sum(p.numel() for _, p in setup.sel.params), **(extra or {}),
+        })
+        if final.exists():
+            shutil.rmtree(final)
+        os.rename(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     R.fsync_dir(run)
 
 
@@ -190,7 +195,17 @@ def train(cfg, *, resume: bool = False, callback: Callback | None = None, stop_a
     """Run (or resume) a training run described by `cfg`. Returns the final eval dict.
 
     `stop_after` stops cleanly after that many steps of this invocation (tests use it to simulate interruptions).
+    A failing write (disk full, read-only directory) becomes a one-line PrivtuneError naming the file; the ledger
+    and the last checkpoint stay valid, so the run can be resumed once the disk is fixed.
     """
+    try:
+        return _train(cfg, resume=resume, callback=callback, stop_after=stop_after)
+    except OSError as e:
+        where = e.filename or cfg.out_dir
+        raise PrivtuneError(f"out_dir: cannot write {where}: {e.strerror or e}; fix it and rerun with --resume") from None
+
+
+def _train(cfg, *, resume: bool, callback: Callback | None, stop_after: int | None) -> dict:
     out = Path(cfg.out_dir)
     check_out_dir(out, resume)
     if resume:
@@ -217,7 +232,7 @@ def train(cfg, *, resume: bool = False, callback: Callback | None = None, stop_a
     if resume:
         start = load_checkpoint(out, setup) if (out / R.STATE_DIR / "state.json").exists() else 0
         method.load_private_state(_load_private(run_id, start))
-        R.truncate_jsonl(out / R.METRICS, lambda r: r.get("step", -1) < start)
+        R.truncate_jsonl(out / R.METRICS, lambda r: start > 0 and r.get("step", -1) <= start)
     else:
         try:
             ledger = _create_run_dir(out, cfg, method, run_id)
@@ -255,7 +270,7 @@ def train(cfg, *, resume: bool = False, callback: Callback | None = None, stop_a
             if [tuple(u) for u in done[t]["updates"]] != [tuple(u) for u in line["updates"]]:
                 raise PrivtuneError(f"{out / R.TRANSCRIPT}: the release recomputed at step {t} differs from the "
                                     "recorded one (non-deterministic device?); refusing to continue")
-        ledger.charge(t, rel.charge, **rel.counters)  # before anything of the release is applied
+        ledger.charge(t, rel.charge, summary=method.summary, **rel.counters)  # before the release is applied
         if t not in done:
             R.append_jsonl(out / R.TRANSCRIPT, line)
         setup.engine.apply_update(rel.updates, lr, cfg.method.weight_decay)
