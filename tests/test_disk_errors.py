@@ -5,8 +5,7 @@ simulate the read-only directory (PermissionError from tempfile.mkdtemp/mkstemp 
 at the rundir write primitives: from the N-th write of a chosen file on, every atomic write (and, for ENOSPC, every
 append) raises OSError(ENOSPC), as a disk that stays full would.
 
-What happens today (the strict xfails): the library raises the raw OSError/PermissionError, and the CLI prints a
-traceback and exits 1. What holds (the passing tests): privacy.json always parses, never shows a lower `spent`
+A failing write becomes a one-line PrivtuneError naming the file (CLI: "error: ...", exit 2). What also holds (the passing tests): privacy.json always parses, never shows a lower `spent`
 after the failure, no run dir is half-created, the keystore keeps no key of a run that never started, and once the
 disk has room again `--resume` ends bit-identical to an uninterrupted run.
 """
