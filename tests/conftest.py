@@ -15,11 +15,7 @@ def tiny_cfg(tmp_path, **over) -> dict:
         "out_dir": str(tmp_path / "run"),
     }
     for k, v in over.items():
-        node = d
-        *parents, last = k.split(".")
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[last] = v
+        C.set_dotted(d, k, v)
     return d
 
 

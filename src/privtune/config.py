@@ -112,7 +112,10 @@ def run_model() -> type[BaseModel]:
 
 def _fmt(err: ValidationError) -> str:
     e = err.errors()[0]
-    loc = ".".join(str(x) for x in e["loc"] if not (isinstance(x, str) and x in _METHOD_TAGS))
+    parts = list(e["loc"])
+    if len(parts) > 1 and parts[0] == "method" and parts[1] in _method_names():
+        del parts[1]  # pydantic's discriminated-union tag, not a key the user wrote
+    loc = ".".join(str(x) for x in parts)
     msg = e["msg"]
     if e["type"] == "value_error":
         text = msg.removeprefix("Value error, ")
@@ -123,16 +126,17 @@ def _fmt(err: ValidationError) -> str:
     if e["type"] == "extra_forbidden":
         msg = "unknown key"
     elif e["type"] == "union_tag_invalid":
-        from .methods import config_classes
-
-        names = sorted(c.model_fields["name"].default for c in config_classes())
+        names = sorted(_method_names())
         msg = f"unknown method {e.get('input', {}).get('name') if isinstance(e.get('input'), dict) else ''!r}; known: {names}"
     elif "input" in e and not isinstance(e["input"], (dict, list)):
         msg = f"{msg} (got {e['input']!r})"
     return f"{loc or 'config'}: {msg}"
 
 
-_METHOD_TAGS = {"mezo", "paczero", "dpzero", "dpzo", "dpsgd", "bboxer"}
+def _method_names() -> set[str]:
+    from .methods import config_classes
+
+    return {cls.model_fields["name"].default for cls in config_classes()}
 
 
 def parse_value(text: str) -> Any:
@@ -150,12 +154,19 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
         parts = [p for p in key.strip().split(".") if p]
         if not parts:
             raise ConfigError(f"{item}: empty key")
-        node = data
-        for p in parts[:-1]:
-            if not isinstance(node.get(p, {}), dict):
-                raise ConfigError(f"{key}: {p} is not a section")
-            node = node.setdefault(p, {})
-        node[parts[-1]] = parse_value(raw)
+        set_dotted(data, ".".join(parts), parse_value(raw))
+    return data
+
+
+def set_dotted(data: dict, key: str, value: Any) -> dict:
+    """data["a"]["b"] = value for key "a.b", creating sections as needed."""
+    *sections, last = key.split(".")
+    node = data
+    for p in sections:
+        if not isinstance(node.get(p, {}), dict):
+            raise ConfigError(f"{key}: {p} is not a section")
+        node = node.setdefault(p, {})
+    node[last] = value
     return data
 
 
