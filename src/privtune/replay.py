@@ -10,6 +10,7 @@ import torch
 from . import config as C
 from . import rundir as R
 from .errors import PrivtuneError
+from .methods import method_class
 from .trainable import trainable_state
 
 
@@ -25,10 +26,7 @@ def replay(run_dir: str | Path, callback: Callable[[dict], None] | None = None) 
     for n, line in enumerate(lines):
         if line.get("step") != n:
             raise PrivtuneError(f"{run / R.TRANSCRIPT}: line {n + 1} is step {line.get('step')}, expected {n}")
-        setup.engine.apply_update([(int(s), float(c)) for s, c in line["updates"]], float(line["lr"]),
-                                  cfg.method.weight_decay)
-        if callback:
-            callback({"event": "step", "step": n + 1, "steps": len(lines)})
+    method_class(cfg.method.name).replay(cfg, setup, lines, callback)
     return trainable_state(setup.sel)
 
 

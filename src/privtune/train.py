@@ -232,6 +232,7 @@ def _train(cfg, *, resume: bool, callback: Callback | None, stop_after: int | No
     if resume:
         start = load_checkpoint(out, setup) if (out / R.STATE_DIR / "state.json").exists() else 0
         method.load_private_state(_load_private(run_id, start))
+        method.resume(start, [r for r in R.read_jsonl(out / R.TRANSCRIPT, repair=True) if int(r["step"]) < start])
         R.truncate_jsonl(out / R.METRICS, lambda r: start > 0 and r.get("step", -1) <= start)
     else:
         try:
@@ -267,13 +268,13 @@ def _train(cfg, *, resume: bool, callback: Callback | None, stop_after: int | No
         lr = lr_at(cfg.method, t, steps)
         line = {"step": t, "lr": lr, "updates": [[int(s), float(c)] for s, c in rel.updates], **rel.public}
         if t in done:
-            if [tuple(u) for u in done[t]["updates"]] != [tuple(u) for u in line["updates"]]:
+            if _released(done[t]) != _released(line):
                 raise PrivtuneError(f"{out / R.TRANSCRIPT}: the release recomputed at step {t} differs from the "
                                     "recorded one (non-deterministic device?); refusing to continue")
         ledger.charge(t, rel.charge, summary=method.summary, **rel.counters)  # before the release is applied
         if t not in done:
             R.append_jsonl(out / R.TRANSCRIPT, line)
-        setup.engine.apply_update(rel.updates, lr, cfg.method.weight_decay)
+        method.apply(rel, lr, cfg.method.weight_decay)
         ran += 1
         if (t + 1) % cfg.train.log_every == 0 or t + 1 == steps:
             row = {"step": t + 1, "lr": lr, "elapsed_s": round(time.time() - t0, 3), **rel.public, **rel.monitor}
@@ -301,6 +302,14 @@ def _train(cfg, *, resume: bool, callback: Callback | None, stop_after: int | No
     R.atomic_write_json(out / R.EVAL, result)
     _emit(callback, {"event": "done", **result})
     return result
+
+
+def _released(line: dict) -> str:
+    """What a transcript line says was released (everything but the step and lr), in a canonical JSON form, so a
+    recomputed release is compared bitwise with the recorded one."""
+    import json
+
+    return json.dumps({k: v for k, v in line.items() if k not in ("step", "lr")}, sort_keys=True)
 
 
 # ------------------------------------------------------------------------- private state (kept out of the run dir)

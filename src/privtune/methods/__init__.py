@@ -45,6 +45,25 @@ class Method:
         return {"guarantee": self.guarantee, "mi_nats": None, "epsilon": None, "delta": None,
                 "mia_posterior_bound": None, "assumptions": "no privacy guarantee"}
 
+    def apply(self, rel: Release, lr: float, weight_decay: float) -> None:
+        """Apply a release to θ (after it was charged and written to the transcript). ZO methods move θ along their
+        seeded directions; a method whose update is not a sum of directions (DP-SGD, BBoxER) overrides this."""
+        self.engine.apply_update(rel.updates, lr, weight_decay)
+
+    def resume(self, step: int, transcript: list[dict]) -> None:
+        """Called on resume once θ is back at checkpoint `step`, with the transcript lines of steps < `step`, so a
+        method with public state (an optimizer driven only by released bits) can rebuild it. ZO methods have none."""
+
+    @classmethod
+    def replay(cls, cfg, setup, lines: list[dict], callback=None) -> None:
+        """Rebuild θ from the transcript alone (`privtune replay`): a ZO step is its public seeds and released
+        coefficients. A method whose release does not determine its update overrides this to say so."""
+        for n, line in enumerate(lines):
+            setup.engine.apply_update([(int(s), float(c)) for s, c in line["updates"]], float(line["lr"]),
+                                      cfg.method.weight_decay)
+            if callback:
+                callback({"event": "step", "step": n + 1, "steps": len(lines)})
+
     def private_state(self) -> dict:
         """State that must survive a resume but never enters the run dir (e.g. a posterior over secret subsets)."""
         return {}
