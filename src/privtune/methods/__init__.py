@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 from dataclasses import dataclass, field
 
-_MODULES = ["mezo", "paczero", "dpzero", "dpzo"]  # extended as methods land: paczero, dpzero, dpzo, ...
+_MODULES = ["mezo", "paczero", "dpzero", "dpzo", "dpsgd"]
 
 
 @dataclass

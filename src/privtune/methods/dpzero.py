@@ -92,6 +92,7 @@ class DPZero(Method):
     needs_secret = True
     mechanism = "gaussian"
     clipped = "per-example projected gradient g_i = (l_i(θ+εz) − l_i(θ−εz))/2ε"
+    released = "clipped to [−C, C]; only the noisy scalar is released, directions come from public seeds"
 
     def __init__(self, cfg, engine, pool, run_seed, total_steps, secret=None):
         super().__init__(cfg, engine, pool, run_seed, total_steps, secret)
@@ -199,8 +200,7 @@ class DPZero(Method):
                 "mia_posterior_bound": eps_to_posterior(self.epsilon, cfg.delta),
                 "assumptions": (f"(ε, δ)-DP of all {self.total_steps} releases with respect to the training pool; "
                                 f"{scheme}; {cfg.accountant.upper()} accountant (dp_accounting) for the "
-                                f"{self.mechanism} mechanism on the {self.clipped} clipped to [−C, C]; only the "
-                                "noisy scalar is released, directions come from public seeds")}
+                                f"{self.mechanism} mechanism on the {self.clipped}; {self.released}")}
 
 
 METHOD = DPZero
