@@ -201,8 +201,13 @@ def train(cfg, *, resume: bool = False, callback: Callback | None = None, stop_a
     try:
         return _train(cfg, resume=resume, callback=callback, stop_after=stop_after)
     except OSError as e:
+        from .models import cache_dir
+
         where = e.filename or cfg.out_dir
-        raise PrivtuneError(f"out_dir: cannot write {where}: {e.strerror or e}; fix it and rerun with --resume") from None
+        again = "--resume" if (Path(cfg.out_dir) / R.CONFIG).is_file() else "the same command"
+        if Path(where).resolve().is_relative_to(cache_dir().resolve()):  # the private keystore / resume state
+            raise PrivtuneError(f"{where}: cannot write: {e.strerror or e}; fix it and rerun with {again}") from None
+        raise PrivtuneError(f"out_dir: cannot write {where}: {e.strerror or e}; fix it and rerun with {again}") from None
 
 
 def _train(cfg, *, resume: bool, callback: Callback | None, stop_after: int | None) -> dict:
