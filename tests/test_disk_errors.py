@@ -5,9 +5,10 @@ simulate the read-only directory (PermissionError from tempfile.mkdtemp/mkstemp 
 at the rundir write primitives: from the N-th write of a chosen file on, every atomic write (and, for ENOSPC, every
 append) raises OSError(ENOSPC), as a disk that stays full would.
 
-A failing write becomes a one-line PrivtuneError naming the file (CLI: "error: ...", exit 2). What also holds (the passing tests): privacy.json always parses, never shows a lower `spent`
-after the failure, no run dir is half-created, the keystore keeps no key of a run that never started, and once the
-disk has room again `--resume` ends bit-identical to an uninterrupted run.
+A failing write becomes a one-line PrivtuneError naming the file (CLI: "error: ...", exit 2). What also holds:
+privacy.json always parses, never shows a lower `spent` after the failure, no run dir is half-created, the keystore
+keeps no key of a run that never started, and once the disk has room again `--resume` ends bit-identical to an
+uninterrupted run.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import errno
 import fnmatch
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -146,10 +148,18 @@ def test_write_failure_keeps_the_ledger_and_resumes(env, monkeypatch, name):
     cfg = C.build(cfg_dict(tmp, tmp / f"run-{name}"))
     run = Path(cfg.out_dir)
     disk = DiskFull(monkeypatch, run, *FAILURES[name])
-    with pytest.raises((OSError, PrivtuneError)) as e:  # today OSError; a PrivtuneError is the goal (xfail below)
+    with pytest.raises(PrivtuneError) as e:
         T.train(cfg)
     assert disk.full, "the failure was never triggered"
     print(f"{name}: {type(e.value).__name__}: {e.value}")
+    # one line naming the file that failed (in the run dir: "out_dir: ..."; in the keystore: the file), why, the fix
+    m = re.fullmatch(r"(?:out_dir: cannot write (?P<a>[^\n]+?)|(?P<b>[^\n]+?): cannot write): (?P<why>[^;\n]+); "
+                     r"fix it and rerun with (?P<again>--resume|the same command)", str(e.value))
+    assert m, str(e.value)
+    path, (pattern, _, code) = Path(m["a"] or m["b"]), FAILURES[name]
+    assert fnmatch.fnmatch(path.name, pattern) and m["why"] == os.strerror(code)
+    assert bool(m["b"]) == path.resolve().is_relative_to((tmp / "cache").resolve()) == name.startswith("private")
+    assert (m["again"] == "--resume") == (run / R.CONFIG).is_file()
     monkeypatch.undo()
     monkeypatch.setenv("PRIVTUNE_SECRET_SEED", SECRET_SEED)
     monkeypatch.setenv("PRIVTUNE_CACHE", str(tmp / "cache"))
@@ -195,7 +205,7 @@ def test_failed_model_save_leaves_no_temp_dir(env, monkeypatch):
     cfg = C.build(cfg_dict(tmp, tmp / "model-tmp"))
     run = Path(cfg.out_dir)
     DiskFull(monkeypatch, run, *FAILURES["final_model"])
-    with pytest.raises((OSError, PrivtuneError)):
+    with pytest.raises(PrivtuneError):
         T.train(cfg)
     monkeypatch.undo()
     monkeypatch.setenv("PRIVTUNE_SECRET_SEED", SECRET_SEED)
@@ -223,7 +233,7 @@ def test_readonly_parent_creates_nothing(tmp_path, monkeypatch):
     monkeypatch.setenv("PRIVTUNE_CACHE", str(tmp_path / "cache"))
     parent, _ = readonly_parent(tmp_path, monkeypatch)
     try:
-        with pytest.raises((OSError, PrivtuneError)) as e:
+        with pytest.raises(PrivtuneError) as e:
             T.train(C.build(cfg_dict(tmp_path, parent / "run")))
         print(f"read-only parent: {type(e.value).__name__}: {e.value}")
         assert list(parent.iterdir()) == []

@@ -6,7 +6,7 @@ either succeed or raise `ConfigError`/`DataError` whose message is one line and 
 than the 40 characters data.py allows. Property (CLI, fixed cases): exit code 2, stderr one line starting with
 "error:", no traceback, no run dir (and no temp dir) created.
 
-Kinds of bad input covered (explicit cases below; the hypothesis strategies mix them at random): 49
+Kinds of bad input covered (explicit cases below; the hypothesis strategies mix them at random): 49 + 16 = 65
 
  config file / overrides                                 data files (.tsv/.csv/.jsonl)
   1 malformed YAML (unclosed bracket, tab indent)          26 missing file
@@ -35,17 +35,19 @@ Kinds of bad input covered (explicit cases below; the hypothesis strategies mix 
  24 unknown task name; CUDA device without CUDA             48 steps 10**12, eval_limit/micro_batch 10**9 (accepted)
  25 negative train.seed; existing non-empty out_dir      49 extreme floats (lr 1e-320, lora.alpha 1e308 → NaN stop)
 
-Known bugs (strict xfail at the end; 14 more kinds, 64 in all; an unknown key named like a method, e.g. model.mezo,
-is now reported by its name and tested as such): deeply nested YAML, overrides or JSON lines (RecursionError); integers over
-4300 digits in YAML, overrides, TSV labels or JSON (ValueError); a lone surrogate in JSONL text (UnicodeEncodeError
-in prepare); model.seed >= 2**64 (ValueError); model.device 'banana'/'mps' (RuntimeError); method.lr, eps or
-weight_decay 1e308 (RuntimeError mid-training, run dir left behind); method.subsets 10**12 (MemoryError);
-trainable.lora.r 10**12 (RuntimeError); dpzo noise_multiplier 1e-300 (OverflowError) and epsilon 1e300
-(MemoryError).
+Fixed bugs (strict xfails until fixed, now ordinary tests at the end), 16 more kinds, 65 in all: an unknown key named
+like a method (model.mezo, reported by its name); deeply nested YAML, overrides or JSON lines (were RecursionError);
+integers over 4300 digits in YAML, overrides, TSV labels or JSON, and impossible YAML dates (were ValueError); a lone
+surrogate in JSONL text (was UnicodeEncodeError in prepare); model.seed outside [0, 2**63) (was ValueError at 2**64);
+model.device 'banana'/'mps'/'cuda:x' (was RuntimeError); method.lr, eps or weight_decay above 1e4 (1e308 was a
+RuntimeError mid-training, run dir left behind); method.subsets above the pool size (10**12 was a MemoryError);
+trainable.lora.r above the hidden size (10**12 was a RuntimeError); dpzo noise_multiplier 1e-300 and epsilon 1e300
+(were OverflowError / MemoryError from dp_accounting).
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -586,9 +588,14 @@ def test_cli_bad_input(cli_results, name):
     assert not (keys.exists() and list(keys.iterdir()))  # no key for a run that never started
 
 
-# ----------------------------------------------------------------------------------------------- known bugs
-def xfail(reason: str, raises):
-    return pytest.mark.xfail(strict=True, raises=raises, reason=reason)
+# ------------------------------------------------------------------ formerly known bugs (strict xfails until fixed)
+@contextlib.contextmanager
+def raises_named(exc, field: str):
+    """pytest.raises(exc) whose one-line message starts with `field` (a dotted key, "config", or a file path)."""
+    with pytest.raises(exc) as info:
+        yield info
+    msg = one_line(str(info.value))
+    assert head(msg) == field or msg.startswith(field + ":"), msg
 
 
 @pytest.mark.parametrize("doc, field", [({"model": {"mezo": 1}}, "model.mezo"), ({"dpzero": 1}, "dpzero")])
@@ -598,111 +605,116 @@ def test_unknown_key_named_like_a_method(doc, field):
     assert head(str(e.value)) == field, str(e.value)
 
 
-@xfail("config.load_yaml catches only YAMLError: PyYAML's composer recurses per nesting level", RecursionError)
-def test_deeply_nested_yaml(tmp_path):
+def test_deeply_nested_yaml(tmp_path):  # PyYAML's composer recursed per nesting level (RecursionError)
     path = tmp_path / "deep.yaml"
     path.write_text("model: " + "[" * 5000 + "]" * 5000 + "\n")
-    with pytest.raises(ConfigError, match="config"):
+    with raises_named(ConfigError, "config") as e:
         C.load(path)
+    assert str(path) in str(e.value)
 
 
-@xfail("PyYAML raises ValueError for ints over 4300 digits; load_yaml catches only YAMLError", ValueError)
-def test_huge_integer_in_yaml(tmp_path):
+@pytest.mark.parametrize("text", ["train: {steps: " + "9" * 5000 + "}\n", "train: {seed: 2020-13-45}\n"])
+def test_unreadable_yaml_value(tmp_path, text):  # ints over 4300 digits, impossible dates (ValueError)
     path = tmp_path / "big.yaml"
-    path.write_text("train: {steps: " + "9" * 5000 + "}\n")
-    with pytest.raises(ConfigError):
+    path.write_text(text)
+    with raises_named(ConfigError, "config") as e:
         C.load(path)
+    assert str(path) in str(e.value) and "9" * 50 not in str(e.value)
 
 
-@xfail("config.parse_value catches only YAMLError, not ValueError (ints over 4300 digits)", ValueError)
-def test_huge_integer_in_override():
-    with pytest.raises(ConfigError, match="train.steps"):
-        C.load(None, ["train.steps=" + "9" * 5000])
+@pytest.mark.parametrize("value", ["9" * 5000, "2020-13-45"])
+def test_unreadable_override_value(value):  # parse_value let ValueError through
+    with raises_named(ConfigError, "train.steps"):
+        C.load(None, ["train.steps=" + value])
 
 
-@xfail("config.parse_value catches only YAMLError, not RecursionError", RecursionError)
-def test_deeply_nested_override():
-    with pytest.raises(ConfigError, match="task.label_names"):
+def test_deeply_nested_override():  # parse_value let RecursionError through
+    with raises_named(ConfigError, "task.label_names"):
         C.load(None, ["task.label_names=" + "[" * 5000 + "]" * 5000])
 
 
-@xfail("data._rows_jsonl catches only JSONDecodeError: deep nesting raises RecursionError", RecursionError)
-def test_deeply_nested_json_line(tmp_path):
+def test_deeply_nested_json_line(tmp_path):  # data._rows_jsonl let RecursionError through
     path = tmp_path / "deep.jsonl"
-    path.write_text('{"text": ' + "[" * 100_000 + "]" * 100_000 + ', "label": 0}\n')
-    with pytest.raises(DataError, match="deep.jsonl"):
+    path.write_text('{"text": "fine", "label": 0}\n{"text": ' + "[" * 100_000 + "]" * 100_000 + ', "label": 0}\n')
+    with raises_named(DataError, str(path)) as e:
         load_examples(path)
+    assert "line 2" in str(e.value)
 
 
-@xfail("data._rows_jsonl: json.loads raises a plain ValueError for ints over 4300 digits", ValueError)
-def test_huge_integer_in_json_line(tmp_path):
+def test_huge_integer_in_json_line(tmp_path):  # json.loads raises a plain ValueError over 4300 digits
     path = tmp_path / "big.jsonl"
     path.write_text('{"text": "x", "label": ' + "1" * 5000 + "}\n")
-    with pytest.raises(DataError, match="big.jsonl"):
+    with raises_named(DataError, str(path)) as e:
         load_examples(path)
+    assert "line 1" in str(e.value)
 
 
-@xfail("data._parse_label calls int() on any digit string: ValueError over 4300 digits", ValueError)
-def test_huge_integer_label_in_tsv(tmp_path):
+def test_huge_integer_label_in_tsv(tmp_path):  # data._parse_label called int() on any digit string
     path = tmp_path / "big.tsv"
     path.write_text("text\tlabel\nx\t" + "9" * 5000 + "\n")
-    with pytest.raises(DataError, match="big.tsv"):
+    with raises_named(DataError, str(path)) as e:
         load_examples(path)
+    assert "row 1 (line 2)" in str(e.value) and "9" * 50 not in str(e.value)
 
 
-@xfail("data.load_examples accepts a lone surrogate (\\ud800 escape) in JSONL text; the codec then raises "
-       "UnicodeEncodeError in prepare", UnicodeEncodeError)
-def test_lone_surrogate_in_json_text(tmp_path):
+def test_lone_surrogate_in_json_text(tmp_path):  # the codec raised UnicodeEncodeError in prepare
     path = tmp_path / "surrogate.jsonl"
     path.write_text('{"text": "a good film", "label": 1}\n{"text": "a bad \\ud800 film", "label": 0}\n'
                     '{"text": "fine", "label": 1}\n{"text": "dull", "label": 0}\n')
+    with raises_named(DataError, str(path)) as e:
+        load_examples(path)
+    assert "line 2" in str(e.value)
     cfg = tiny_custom(tmp_path, **{"task.train_path": str(path), "task.pool_size": 4, "method.batch_size": 2})
-    with pytest.raises(DataError, match="surrogate.jsonl"):
+    with raises_named(DataError, str(path)):
         prepare(C.build(cfg))
+    emoji = tmp_path / "pair.jsonl"  # a valid surrogate pair escape is an ordinary character
+    emoji.write_text('{"text": "a \\ud83d\\ude00 film", "label": 1}\n')
+    assert load_examples(emoji)[0].text == "a \U0001F600 film"
 
 
-@xfail("model.seed is an unbounded int; torch.manual_seed overflows at 2**64 (ValueError)", ValueError)
-def test_model_seed_too_large(tmp_path):
-    with pytest.raises(ConfigError, match="model.seed"):
-        prepare(C.build(tiny_custom(tmp_path, **{"model.seed": 2**64})))
+@pytest.mark.parametrize("seed", [2**64, 2**63, -1])
+def test_model_seed_out_of_range(tmp_path, seed):  # torch.manual_seed overflowed at 2**64 (ValueError)
+    with raises_named(ConfigError, "model.seed"):
+        C.build(tiny_custom(tmp_path, **{"model.seed": seed}))
 
 
-@xfail("models.resolve_device passes any string to torch.device (RuntimeError)", RuntimeError)
-@pytest.mark.parametrize("device", ["banana", "mps"])
-def test_unknown_device(tmp_path, device):
-    with pytest.raises(ConfigError, match="model.device"):
+def test_largest_model_seed_runs(tmp_path):
+    assert prepare(C.build(tiny_custom(tmp_path, **{"model.seed": 2**63 - 1}))).lm.model is not None
+
+
+@pytest.mark.parametrize("device", ["banana", "mps", "cuda:x", "cpu:0", ""])
+def test_unknown_device(tmp_path, device):  # any string went to torch.device (RuntimeError)
+    with raises_named(ConfigError, "model.device"):
         prepare(C.build(tiny_custom(tmp_path, **{"model.device": device})))
 
 
-@xfail("lr/eps/weight_decay have no upper bound: 1e308 overflows float32 in torch.add/sub_ (RuntimeError) "
-       "mid-training, after the run dir was created and step 0 was charged", RuntimeError)
 @pytest.mark.parametrize("field", ["method.lr", "method.eps", "method.weight_decay"])
-def test_float_overflowing_the_model_dtype(tmp_path, field):
-    with pytest.raises(PrivtuneError, match=field):
+def test_float_overflowing_the_model_dtype(tmp_path, field):  # 1e308 overflowed float32 mid-training
+    with raises_named(ConfigError, field):
         train(C.build(tiny_custom(tmp_path, **{field: 1e308})))
+    assert not (tmp_path / "out").exists()
+    C.build(tiny_custom(tmp_path, **{field: 1e4}))  # the cap itself is accepted
 
 
-@xfail("method.subsets has no upper bound: balanced_design allocates [pool, subsets] floats (MemoryError)",
-       MemoryError)
-def test_absurd_subsets(tmp_path):
+def test_absurd_subsets(tmp_path):  # balanced_design allocated [pool, subsets] floats (MemoryError)
     cfg = tiny_custom(tmp_path, method={"name": "paczero", "subsets": 10**12, "lr": 1e-3, "eps": 1e-2,
                                                 "batch_size": 4})
-    with pytest.raises(ConfigError, match="method.subsets"):
+    with raises_named(ConfigError, "method.subsets"):
         train(C.build(cfg))
     assert not (tmp_path / "out").exists()
+    keys = tmp_path / "cache" / "secrets"
+    assert not (keys.exists() and list(keys.iterdir()))  # the key drawn for the run is forgotten
 
 
-@xfail("trainable.lora.r has no upper bound: peft allocates r x d weights (RuntimeError from the allocator)",
-       RuntimeError)
-def test_absurd_lora_rank(tmp_path):
-    with pytest.raises(ConfigError, match="trainable.lora.r"):
+def test_absurd_lora_rank(tmp_path):  # peft allocated r x d weights (RuntimeError from the allocator)
+    with raises_named(ConfigError, "trainable.lora.r"):
         prepare(C.build(tiny_custom(tmp_path, **{"trainable.kind": "lora", "trainable.lora.r": 10**12})))
 
 
-@xfail("dpzero.config_errors does not map OverflowError/MemoryError from dp_accounting", (OverflowError, MemoryError))
-@pytest.mark.parametrize("over", [{"noise_multiplier": 1e-300}, {"epsilon": 1e300}])
-def test_absurd_dp_noise(tmp_path, over):
+@pytest.mark.parametrize("over, field", [({"noise_multiplier": 1e-300}, "method.noise_multiplier"),
+                                         ({"epsilon": 1e300}, "method.epsilon")])
+def test_absurd_dp_noise(tmp_path, over, field):  # OverflowError / MemoryError from dp_accounting
     cfg = tiny_custom(tmp_path, method={"name": "dpzo", "lr": 1e-3, "eps": 1e-3, "batch_size": 4, **over})
-    with pytest.raises(ConfigError, match="method"):
+    with raises_named(ConfigError, field):
         train(C.build(cfg))
     assert not (tmp_path / "out").exists()

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from .errors import ConfigError
 
@@ -25,7 +25,7 @@ NonNegFloat = Annotated[float, Field(ge=0, allow_inf_nan=False)]
 
 class ModelCfg(Strict):
     name: str = "tiny"  # smollm2-135m | tiny | path to a local HF folder
-    seed: int = 0  # tiny model's init seed
+    seed: Annotated[int, Field(ge=0, lt=2**63)] = 0  # tiny model's init seed (within torch.manual_seed's range)
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     device: str = "auto"  # auto | cpu | cuda | cuda:N
 
@@ -55,6 +55,9 @@ class TrainableCfg(Strict):
     lora: LoraCfg = LoraCfg()
 
 
+MAX_STEP_SCALE = 1e4  # cap on method.lr, eps, weight_decay: far above any useful value, below float16's max 65504
+
+
 class ZOCfg(Strict):
     """Fields every zeroth-order method shares."""
 
@@ -65,6 +68,14 @@ class ZOCfg(Strict):
     directions: PosInt = 1  # K directions per step
     lr_schedule: Literal["constant", "linear", "polynomial"] = "constant"
     lr_power: PosFloat = 2.0  # for polynomial decay
+
+    @model_validator(mode="after")
+    def _fits_the_model(self):
+        for key in ("lr", "eps", "weight_decay"):  # scalar factors on θ: each must fit the model's dtype
+            if getattr(self, key) > MAX_STEP_SCALE:
+                raise ValueError(f"method.{key}: {getattr(self, key):g} is above {MAX_STEP_SCALE:g} (it would "
+                                 "overflow the model's floats)")
+        return self
 
 
 class MezoCfg(ZOCfg):
@@ -139,11 +150,15 @@ def _method_names() -> set[str]:
     return {cls.model_fields["name"].default for cls in config_classes()}
 
 
-def parse_value(text: str) -> Any:
+def parse_value(text: str, key: str = "override") -> Any:
     try:
         return yaml.safe_load(text)
     except yaml.YAMLError:
         return text
+    except RecursionError:
+        raise ConfigError(f"{key}: value is nested too deeply") from None
+    except ValueError as e:  # a YAML int over Python's 4300-digit limit, a date like 2020-13-45
+        raise ConfigError(f"{key}: value cannot be read ({str(e).split(';')[0]})") from None
 
 
 def apply_overrides(data: dict, overrides: list[str]) -> dict:
@@ -154,7 +169,7 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
         parts = [p for p in key.strip().split(".") if p]
         if not parts:
             raise ConfigError(f"{item}: empty key")
-        set_dotted(data, ".".join(parts), parse_value(raw))
+        set_dotted(data, ".".join(parts), parse_value(raw, ".".join(parts)))
     return data
 
 
@@ -182,6 +197,10 @@ def load_yaml(path: str | Path) -> dict:
         mark = getattr(e, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""
         raise ConfigError(f"config: {path}{where} is not valid YAML") from None
+    except RecursionError:
+        raise ConfigError(f"config: {path} is nested too deeply") from None
+    except ValueError as e:  # a YAML int over Python's 4300-digit limit, a date like 2020-13-45
+        raise ConfigError(f"config: {path} holds a value that cannot be read ({str(e).split(';')[0]})") from None
     if data is None:
         data = {}
     if not isinstance(data, dict):

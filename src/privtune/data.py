@@ -25,6 +25,7 @@ from .errors import ConfigError, DataError
 DEFAULT_DATA_DIR = Path(__file__).resolve().parents[2] / ".." / "shared" / "data"  # <repo>/../shared/data
 EXTENSIONS = (".tsv", ".csv", ".jsonl")
 _INT = re.compile(r"[+-]?[0-9]+")
+_SURROGATE = re.compile("[\ud800-\udfff]")
 _SHOWN = 40  # longest label value / column name an error message quotes; longer ones may be training text
 
 
@@ -153,6 +154,10 @@ def _rows_jsonl(path: Path, content: str,
             obj = json.loads(line)
         except json.JSONDecodeError as e:  # e.msg describes the syntax error without quoting the line
             raise DataError(f"{path}: line {line_no} is not valid JSON ({e.msg} at column {e.colno})") from None
+        except RecursionError:
+            raise DataError(f"{path}: line {line_no} is JSON nested too deeply") from None
+        except ValueError:  # an integer over Python's 4300-digit limit
+            raise DataError(f"{path}: line {line_no} holds a JSON number too long to read") from None
         if not isinstance(obj, dict):
             raise DataError(f"{path}: line {line_no} is a JSON {type(obj).__name__}, expected an object "
                             f"with {text_column!r} and {label_column!r} fields")
@@ -171,7 +176,11 @@ def _parse_label(value: Any, names: dict[str, int] | None, n_labels: int | None,
     if isinstance(value, int) and not isinstance(value, bool):
         label = value
     elif isinstance(value, str) and _INT.fullmatch(value.strip()):
-        label = int(value.strip())
+        try:
+            label = int(value.strip())
+        except ValueError:  # over Python's 4300-digit limit: out of any label range
+            raise DataError(f"{where(f'label {_shown(value)}')} is out of range (an integer of "
+                            f"{len(value.strip())} digits)") from None
     elif names is not None:
         raise DataError(f"{where(f'label {_shown(value)}')} is not one of the verbalizer's labels "
                         f"({_columns(list(names))})")
@@ -249,6 +258,8 @@ def load_examples(path: str | os.PathLike, text_column: str = "text", label_colu
         text = text.strip()
         if not text:
             raise DataError(where(f"text in column {text_column!r}") + " is empty")
+        if not text.isascii() and _SURROGATE.search(text):  # only a JSON \ud800-style escape can make one
+            raise DataError(where(f"text in column {text_column!r}") + " holds a lone surrogate (not valid Unicode)")
         examples.append(Example(text, _parse_label(label, names, n_labels, where)))
     if not examples:
         raise DataError(f"{path}: no examples (the file has a header but no rows)")

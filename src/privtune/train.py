@@ -201,8 +201,13 @@ def train(cfg, *, resume: bool = False, callback: Callback | None = None, stop_a
     try:
         return _train(cfg, resume=resume, callback=callback, stop_after=stop_after)
     except OSError as e:
+        from .models import cache_dir
+
         where = e.filename or cfg.out_dir
-        raise PrivtuneError(f"out_dir: cannot write {where}: {e.strerror or e}; fix it and rerun with --resume") from None
+        again = "--resume" if (Path(cfg.out_dir) / R.CONFIG).is_file() else "the same command"
+        if Path(where).resolve().is_relative_to(cache_dir().resolve()):  # the private keystore / resume state
+            raise PrivtuneError(f"{where}: cannot write: {e.strerror or e}; fix it and rerun with {again}") from None
+        raise PrivtuneError(f"out_dir: cannot write {where}: {e.strerror or e}; fix it and rerun with {again}") from None
 
 
 def _train(cfg, *, resume: bool, callback: Callback | None, stop_after: int | None) -> dict:
@@ -216,23 +221,28 @@ def _train(cfg, *, resume: bool, callback: Callback | None, stop_after: int | No
     if resume:
         ledger = Ledger.open(out)
         run_id = ledger.state.get("run_id", "")
+        finished = _checkpoint_step(out) >= steps  # killed after its final checkpoint: only the wrap-up is left
         key = S.load(run_id) if cls.needs_secret else None
-        if cls.needs_secret and key is None:
+        if cls.needs_secret and key is None and not finished:
             raise PrivtuneError(f"{out}: this private run's secret key is gone from the keystore ({S.__name__}); "
                                 "it cannot resume without re-drawing its secret")
     else:
         run_id = uuid.uuid4().hex
         key = S.create(run_id, S.fixed_seed_from_env()) if cls.needs_secret else None
     try:
-        method = cls(cfg.method, setup.engine, setup.pool, cfg.train.seed, steps, secret=key)
+        # A finished run whose key is already forgotten needs no mechanism: the key is forgotten only after the
+        # final ledger update, so privacy.json is complete and only eval.json (and the model) are left to write.
+        method = (None if resume and finished and cls.needs_secret and key is None else
+                  cls(cfg.method, setup.engine, setup.pool, cfg.train.seed, steps, secret=key))
     except BaseException:
         if key is not None and not resume:
             key.forget()  # nothing was released under this key
         raise
     if resume:
         start = load_checkpoint(out, setup) if (out / R.STATE_DIR / "state.json").exists() else 0
-        method.load_private_state(_load_private(run_id, start))
-        method.resume(start, [r for r in R.read_jsonl(out / R.TRANSCRIPT, repair=True) if int(r["step"]) < start])
+        if start < steps:  # a finished run takes no more steps: its mechanism state is not needed
+            method.load_private_state(_load_private(run_id, start))
+            method.resume(start, [r for r in R.read_jsonl(out / R.TRANSCRIPT, repair=True) if int(r["step"]) < start])
         R.truncate_jsonl(out / R.METRICS, lambda r: start > 0 and r.get("step", -1) <= start)
     else:
         try:
@@ -255,14 +265,14 @@ def _train(cfg, *, resume: bool, callback: Callback | None, stop_after: int | No
     ran = 0
     for t in range(start, steps):
         if stop_after is not None and ran >= stop_after:
-            _save_private(run_id, t, method)
+            _save_private(run_id, t, method, out)
             save_checkpoint(out, setup, t)
             _emit(callback, {"event": "stopped", "step": t})
             return {"stopped_at": t}
         try:
             rel = method.step(t)
         except PrivtuneError:  # NaN loss or budget spent: stop cleanly at the last good state
-            _save_private(run_id, t, method)
+            _save_private(run_id, t, method, out)
             save_checkpoint(out, setup, t)  # θ is still the last good state
             raise
         lr = lr_at(cfg.method, t, steps)
@@ -283,14 +293,14 @@ def _train(cfg, *, resume: bool, callback: Callback | None, stop_after: int | No
             R.append_jsonl(out / R.METRICS, row)
         if (t + 1) % cfg.train.checkpoint_every == 0 and t + 1 < steps:
             ledger.update(**method.summary(ledger.state))
-            _save_private(run_id, t + 1, method)
+            _save_private(run_id, t + 1, method, out)
             save_checkpoint(out, setup, t + 1)
         _emit(callback, {"event": "step", "step": t + 1, "steps": steps, **rel.monitor})
 
     final = evaluate(setup)
     save_model(out, setup)
     save_checkpoint(out, setup, steps)
-    ledger.update(steps_done=steps, **method.summary(ledger.state))
+    ledger.update(steps_done=steps, **(method.summary(ledger.state) if method is not None else {}))
     if key is not None:
         key.forget()  # the run is complete: J and the noise can never be re-drawn
     _private_path(run_id).unlink(missing_ok=True)
@@ -321,7 +331,7 @@ def _private_path(run_id: str) -> Path:
     return cache_dir() / "private" / (hashlib.sha256(run_id.encode()).hexdigest()[:32] + ".pt")
 
 
-def _save_private(run_id: str, step: int, method: Method) -> None:
+def _save_private(run_id: str, step: int, method: Method, run: Path) -> None:
     state = method.private_state()
     if not state:
         return
@@ -330,11 +340,25 @@ def _save_private(run_id: str, step: int, method: Method) -> None:
     import io
 
     states = torch.load(path, weights_only=False)["states"] if path.exists() else {}
-    states = {s: v for s, v in states.items() if s == max(states)}  # keep the previous one until the checkpoint lands
+    # Keep the state of the checkpoint state.json points at (the one a resume starts from) until the new checkpoint
+    # lands, whatever crashes happened before; and the newest, in case the pointer moved since.
+    keep = {_checkpoint_step(run), max(states, default=-1)}
+    states = {s: v for s, v in states.items() if s in keep}
     states[step] = state
     buf = io.BytesIO()
     torch.save({"states": states}, buf)
     R.atomic_write_bytes(path, buf.getvalue())
+
+
+def _checkpoint_step(run: Path) -> int:
+    """The step state/state.json points at (0 when there is no checkpoint yet)."""
+    import json
+
+    path = run / R.STATE_DIR / "state.json"
+    try:
+        return int(json.loads(path.read_text())["step"]) if path.exists() else 0
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise PrivtuneError(f"{path}: unreadable resume state ({type(e).__name__})") from None
 
 
 def _load_private(run_id: str, step: int) -> dict:

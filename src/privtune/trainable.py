@@ -105,6 +105,9 @@ def _wrap_lora(model, spec: LoraSpec, n_layers: int, seed: int):
 
     if spec.r < 1:
         raise ConfigError(f"trainable.lora.r: must be >= 1, got {spec.r}")
+    hidden = getattr(getattr(model, "config", None), "hidden_size", None)
+    if isinstance(hidden, int) and spec.r > hidden:  # a rank above the hidden size adds nothing but memory
+        raise ConfigError(f"trainable.lora.r: {spec.r} is above the model's hidden size {hidden}")
     layers = None
     if spec.layers is not None:
         if not 1 <= spec.layers <= n_layers:

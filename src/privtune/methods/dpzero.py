@@ -65,9 +65,9 @@ _FIELDS = {"epsilon": "method.epsilon", "delta": "method.delta", "sigma": "metho
 
 
 @contextlib.contextmanager
-def config_errors():
-    """Re-raise privacy.dp's ConfigErrors under the dotted config key, and keep dp_accounting's absl warnings
-    (RDP orders it skips) off the user's terminal."""
+def config_errors(field: str = "method"):
+    """Re-raise privacy.dp's ConfigErrors under the dotted config key, and dp_accounting's overflow or memory
+    errors (absurd ε or σ) under `field`; keep dp_accounting's absl warnings (RDP orders it skips) off the terminal."""
     absl = logging.getLogger("absl")
     level = absl.level
     absl.setLevel(logging.ERROR)
@@ -76,6 +76,8 @@ def config_errors():
     except ConfigError as e:
         head, sep, rest = str(e).partition(":")
         raise ConfigError(f"{_FIELDS.get(head, head)}{sep}{rest}") from None
+    except (OverflowError, MemoryError) as e:
+        raise ConfigError(f"{field}: out of the range the privacy accountant can compute ({type(e).__name__})") from None
     finally:
         absl.setLevel(level)
 
@@ -118,7 +120,7 @@ class DPZero(Method):
         per_step = math.sqrt(cfg.directions) if self.mechanism == "gaussian" else float(cfg.directions)
         kw = dict(steps=self.total_steps, sampling_rate=self.rate, delta=cfg.delta, accountant=cfg.accountant,
                   sampling=cfg.sampling, dataset_size=self.n)
-        with config_errors():
+        with config_errors("method.noise_multiplier" if cfg.noise_multiplier is not None else "method.epsilon"):
             if cfg.noise_multiplier is not None:
                 x = float(cfg.noise_multiplier)
                 if x == 0.0:

@@ -76,6 +76,9 @@ class PACZero(Method):
         if secret is None:
             raise ConfigError("method: paczero needs a secret key (run it through privtune.train)")
         self.guarantee = "pac-zpl" if cfg.mode == "zpl" else "pac-mi"
+        if cfg.subsets > len(pool):  # the design is a [pool, subsets] matrix: bound it by the pool
+            raise ConfigError(f"method.subsets: {cfg.subsets} is more than the {len(pool)} examples of the pool "
+                              "(task.pool_size)")
         self.member = balanced_design(len(pool), cfg.subsets, run_seed)
         subset_means(np.zeros(len(pool)), self.member)  # fail early on empty subsets
         self._secret_index = int(secret.numpy("subset").integers(cfg.subsets))  # J: never written anywhere
