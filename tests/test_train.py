@@ -55,6 +55,19 @@ def test_resume_is_bitwise_identical_to_uninterrupted(tmp_path, make_cfg):
     assert ta == (tmp_path / "b" / "transcript.jsonl").read_text()
 
 
+def test_resume_sweeps_temp_files_of_interrupted_writes(tmp_path, make_cfg):
+    cfg = make_cfg(**{"train.steps": 6})
+    train(cfg, stop_after=5)
+    run = tmp_path / "run"
+    junk = [run / ".privacy.json.abc123", run / "state" / ".trainable-00000005.safetensors.x1"]
+    for j in junk:
+        j.write_bytes(b"torn")
+    (run / ".model-q1").mkdir()
+    train(cfg, resume=True)
+    assert not any(j.exists() for j in junk) and not (run / ".model-q1").exists()
+    assert not [f for f in run.rglob(".*")]
+
+
 def test_resume_after_crash_between_checkpoints_recomputes_and_verifies(tmp_path, make_cfg):
     full = make_cfg(out_dir=str(tmp_path / "a"))
     train(full)

@@ -214,6 +214,8 @@ def _train(cfg, *, resume: bool, callback: Callback | None, stop_after: int | No
     out = Path(cfg.out_dir)
     check_out_dir(out, resume)
     if resume:
+        R.sweep_temp(out)  # temp files of writes a kill interrupted
+    if resume:
         cfg = C.build(C.load_yaml(out / R.CONFIG))
     setup = prepare(cfg, callback=callback)
     cls = method_class(cfg.method.name)
