@@ -99,6 +99,8 @@ METHODS = {
     "mi": {"method": {"name": "paczero", "mode": "mi", "subsets": 8, "budget": 0.33, "lr": 1e-3, "eps": 1e-3}},
     "dpzero": {"method": {"name": "dpzero", "noise_multiplier": 1.0, "clip": 25.0, "sampling": "poisson",
                           "batch_size": 12, "lr": 1e-3, "eps": 1e-3}},
+    "dpzo": {"method": {"name": "dpzo", "noise_multiplier": 1.0, "clip": 0.05, "sampling": "fixed",
+                        "accountant": "rdp", "batch_size": 12, "lr": 1e-3, "eps": 1e-3}},
 }
 
 
@@ -154,9 +156,9 @@ def one_proc(work):
 
 @pytest.fixture(scope="module")
 def two_ranks(work):
-    """One 2-rank gloo job (what torchrun starts): MeZO, PACZero-ZPL and DPZero to the end, then PACZero-MI with
-    rank 1 killed at step 5."""
-    jobs = [{"cfg": method_cfg(work, m, "p2")} for m in ("mezo", "zpl", "dpzero")]
+    """One 2-rank gloo job (what torchrun starts): MeZO, PACZero-ZPL, DPZero (Poisson) and DP-ZO (fixed batches) to
+    the end, then PACZero-MI with rank 1 killed at step 5."""
+    jobs = [{"cfg": method_cfg(work, m, "p2")} for m in ("mezo", "zpl", "dpzero", "dpzo")]
     jobs.append({"cfg": method_cfg(work, "mi", "killed"), "die_at": 5})
     return launch(work, jobs)
 
@@ -215,7 +217,7 @@ def test_single_process_helpers_are_the_identity():
 
 
 # ---------------------------------------------------------------------------------------- real gloo processes
-@pytest.mark.parametrize("name", ["mezo", "zpl", "dpzero"])
+@pytest.mark.parametrize("name", ["mezo", "zpl", "dpzero", "dpzo"])
 def test_two_processes_equal_one_bitwise(one_proc, two_ranks, name):
     p1, p2 = one_proc / f"{name}-p1", one_proc / f"{name}-p2"
     assert (p2 / R.EVAL).exists(), two_ranks[0].stderr[-2000:]
