@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Optional
@@ -54,6 +55,8 @@ def _run(fn):
     try:
         return fn()
     except PrivtuneError as e:
+        if getattr(e, "relayed", False):  # torchrun: rank 0 already printed this error; exit with it quietly
+            raise typer.Exit(2)
         _fail(str(e))
     except OSError as e:  # a write the library did not name (it names its own): still one line, exit 2
         _fail(f"{e.filename or 'file'}: {e.strerror or e}")
@@ -77,7 +80,8 @@ def train(
         return run_train(cfg, resume=resume, callback=_Progress(cfg.method.name, quiet))
 
     result = _run(go)
-    typer.echo(json.dumps(result))
+    if os.environ.get("RANK", "0") in ("", "0"):  # under torchrun only rank 0 prints the result
+        typer.echo(json.dumps(result))
 
 
 @app.command("eval")

@@ -22,6 +22,7 @@ from typing import Callable
 import torch
 
 from . import config as C
+from . import dist
 from . import rundir as R
 from . import secrets as S
 from .data import Task, balanced_pool, load_task, render
@@ -197,40 +198,58 @@ def train(cfg, *, resume: bool = False, callback: Callback | None = None, stop_a
     `stop_after` stops cleanly after that many steps of this invocation (tests use it to simulate interruptions).
     A failing write (disk full, read-only directory) becomes a one-line PrivtuneError naming the file; the ledger
     and the last checkpoint stay valid, so the run can be resumed once the disk is fixed.
+    Under torchrun (privtune.dist) every rank runs this same loop on its share of the chunks; only rank 0 holds the
+    secret key and writes the run dir, and every rank applies the same released updates.
     """
-    try:
-        return _train(cfg, resume=resume, callback=callback, stop_after=stop_after)
-    except OSError as e:
-        from .models import cache_dir
+    with dist.session(cfg.model.device):
+        try:
+            return _train(cfg, resume=resume, callback=callback if dist.is_main() else None, stop_after=stop_after)
+        except OSError as e:
+            from .models import cache_dir
 
-        where = e.filename or cfg.out_dir
-        again = "--resume" if (Path(cfg.out_dir) / R.CONFIG).is_file() else "the same command"
-        if Path(where).resolve().is_relative_to(cache_dir().resolve()):  # the private keystore / resume state
-            raise PrivtuneError(f"{where}: cannot write: {e.strerror or e}; fix it and rerun with {again}") from None
-        raise PrivtuneError(f"out_dir: cannot write {where}: {e.strerror or e}; fix it and rerun with {again}") from None
+            where = e.filename or cfg.out_dir
+            again = "--resume" if (Path(cfg.out_dir) / R.CONFIG).is_file() else "the same command"
+            if Path(where).resolve().is_relative_to(cache_dir().resolve()):  # the private keystore / resume state
+                raise PrivtuneError(f"{where}: cannot write: {e.strerror or e}; fix it and rerun with {again}") from None
+            raise PrivtuneError(f"out_dir: cannot write {where}: {e.strerror or e}; fix it and rerun with {again}"
+                                ) from None
 
 
 def _train(cfg, *, resume: bool, callback: Callback | None, stop_after: int | None) -> dict:
     out = Path(cfg.out_dir)
-    check_out_dir(out, resume)
-    if resume:
-        R.sweep_temp(out)  # temp files of writes a kill interrupted
-    if resume:
-        cfg = C.build(C.load_yaml(out / R.CONFIG))
+    main = dist.is_main()
+
+    def resolve():  # rank 0 checks the run dir; on resume every rank trains the config saved in it
+        check_out_dir(out, resume)
+        if resume:
+            R.sweep_temp(out)  # temp files of writes a kill interrupted
+        return C.load_yaml(out / R.CONFIG) if resume else None
+    saved = dist.from_main(resolve)
+    if saved is not None:
+        cfg = C.build(saved)
     setup = prepare(cfg, callback=callback)
     cls = method_class(cfg.method.name)
     steps = cfg.train.steps
-    if resume:
-        ledger = Ledger.open(out)
-        run_id = ledger.state.get("run_id", "")
-        finished = _checkpoint_step(out) >= steps  # killed after its final checkpoint: only the wrap-up is left
-        key = S.load(run_id) if cls.needs_secret else None
-        if cls.needs_secret and key is None and not finished:
-            raise PrivtuneError(f"{out}: this private run's secret key is gone from the keystore ({S.__name__}); "
-                                "it cannot resume without re-drawing its secret")
-    else:
+    ledger = key = None
+    run_id = ""
+
+    def open_run():  # rank 0 only: the ledger and the secret key never leave it
+        nonlocal ledger, key, run_id
+        if resume:
+            ledger = Ledger.open(out)
+            run_id = ledger.state.get("run_id", "")
+            finished = _checkpoint_step(out) >= steps  # killed after its final checkpoint: only the wrap-up is left
+            key = S.load(run_id) if cls.needs_secret else None
+            if cls.needs_secret and key is None and not finished:
+                raise PrivtuneError(f"{out}: this private run's secret key is gone from the keystore ({S.__name__}); "
+                                    "it cannot resume without re-drawing its secret")
+            return finished
         run_id = uuid.uuid4().hex
         key = S.create(run_id, S.fixed_seed_from_env()) if cls.needs_secret else None
+        return False
+    finished = dist.from_main(open_run)
+    if not main and cls.needs_secret:
+        key = dist.RemoteSecret()
     try:
         # A finished run whose key is already forgotten needs no mechanism: the key is forgotten only after the
         # final ledger update, so privacy.json is complete and only eval.json (and the model) are left to write.
@@ -240,78 +259,104 @@ def _train(cfg, *, resume: bool, callback: Callback | None, stop_after: int | No
         if key is not None and not resume:
             key.forget()  # nothing was released under this key
         raise
-    if resume:
-        start = load_checkpoint(out, setup) if (out / R.STATE_DIR / "state.json").exists() else 0
-        if start < steps:  # a finished run takes no more steps: its mechanism state is not needed
-            method.load_private_state(_load_private(run_id, start))
-            method.resume(start, [r for r in R.read_jsonl(out / R.TRANSCRIPT, repair=True) if int(r["step"]) < start])
-        R.truncate_jsonl(out / R.METRICS, lambda r: start > 0 and r.get("step", -1) <= start)
-    else:
-        try:
-            ledger = _create_run_dir(out, cfg, method, run_id)
-        except BaseException:
-            if key is not None:
-                key.forget()
-            raise
-        start = 0
-    if ledger.exhausted():
-        raise PrivtuneError(f"privacy budget: {out / R.PRIVACY} shows the budget is spent; this run cannot go on")
-    done = {int(r["step"]): r for r in R.read_jsonl(out / R.TRANSCRIPT, repair=True)}
+
+    def begin():  # rank 0: the resume point (θ, private state, metrics cut back) or a fresh run dir
+        nonlocal ledger
+        if resume:
+            start = load_checkpoint(out, setup) if (out / R.STATE_DIR / "state.json").exists() else 0
+            before = []
+            if start < steps:  # a finished run takes no more steps: its mechanism state is not needed
+                method.load_private_state(_load_private(run_id, start))
+                before = [r for r in R.read_jsonl(out / R.TRANSCRIPT, repair=True) if int(r["step"]) < start]
+            R.truncate_jsonl(out / R.METRICS, lambda r: start > 0 and r.get("step", -1) <= start)
+        else:
+            try:
+                ledger = _create_run_dir(out, cfg, method, run_id)
+            except BaseException:
+                if key is not None:
+                    key.forget()
+                raise
+            start, before = 0, []
+        if start < steps and ledger.exhausted():
+            raise PrivtuneError(f"privacy budget: {out / R.PRIVACY} shows the budget is spent; this run cannot go on")
+        return start, before
+    start, before = dist.from_main(begin)
+    if start > 0:
+        dist.broadcast_tensors([p for _, p in setup.sel.params])  # θ at the checkpoint, from rank 0
+    if method is not None and start < steps:
+        method.resume(start, before)
+    done = {int(r["step"]): r for r in R.read_jsonl(out / R.TRANSCRIPT, repair=True)} if main else {}
 
     _emit(callback, {"event": "start", "step": start, "steps": steps, "out_dir": str(out)})
     t0 = time.time()
     if start == 0:
         zero = evaluate(setup)
-        R.append_jsonl(out / R.METRICS, {"step": 0, "eval_accuracy": zero["accuracy"], "kind": "eval"})
+        if main:
+            R.append_jsonl(out / R.METRICS, {"step": 0, "eval_accuracy": zero["accuracy"], "kind": "eval"})
         _emit(callback, {"event": "eval", "step": 0, **zero})
-    ran = 0
+    ran, comm, logged_at = 0, 0, start
     for t in range(start, steps):
         if stop_after is not None and ran >= stop_after:
-            _save_private(run_id, t, method, out)
-            save_checkpoint(out, setup, t)
+            if main:
+                _save_private(run_id, t, method, out)
+                save_checkpoint(out, setup, t)
             _emit(callback, {"event": "stopped", "step": t})
             return {"stopped_at": t}
+        sent = dist.stats["bytes"]
         try:
             rel = method.step(t)
-        except PrivtuneError:  # NaN loss or budget spent: stop cleanly at the last good state
-            _save_private(run_id, t, method, out)
-            save_checkpoint(out, setup, t)  # θ is still the last good state
+        except PrivtuneError:  # NaN loss, budget spent or a lost peer: stop cleanly at the last good state
+            if main:
+                _save_private(run_id, t, method, out)
+                save_checkpoint(out, setup, t)  # θ is still the last good state
             raise
         lr = lr_at(cfg.method, t, steps)
         line = {"step": t, "lr": lr, "updates": [[int(s), float(c)] for s, c in rel.updates], **rel.public}
-        if t in done:
-            if _released(done[t]) != _released(line):
-                raise PrivtuneError(f"{out / R.TRANSCRIPT}: the release recomputed at step {t} differs from the "
-                                    "recorded one (non-deterministic device?); refusing to continue")
-        ledger.charge(t, rel.charge, summary=method.summary, **rel.counters)  # before the release is applied
-        if t not in done:
-            R.append_jsonl(out / R.TRANSCRIPT, line)
+
+        def record():  # rank 0: charge, then transcript; every rank waits for it before θ moves
+            if t in done:
+                if _released(done[t]) != _released(line):
+                    raise PrivtuneError(f"{out / R.TRANSCRIPT}: the release recomputed at step {t} differs from the "
+                                        "recorded one (non-deterministic device?); refusing to continue")
+            ledger.charge(t, rel.charge, summary=method.summary, **rel.counters)  # before the release is applied
+            if t not in done:
+                R.append_jsonl(out / R.TRANSCRIPT, line)
+        dist.from_main(record)
+        comm += dist.stats["bytes"] - sent
         method.apply(rel, lr, cfg.method.weight_decay)
         ran += 1
         if (t + 1) % cfg.train.log_every == 0 or t + 1 == steps:
             row = {"step": t + 1, "lr": lr, "elapsed_s": round(time.time() - t0, 3), **rel.public, **rel.monitor}
+            if dist.world() > 1:  # payload bytes rank 0 put into collectives per step since the last row
+                row.update(processes=dist.world(), comm_bytes_per_step=round(comm / (t + 1 - logged_at), 1))
+            comm, logged_at = 0, t + 1
             if cfg.train.eval_every and (t + 1) % cfg.train.eval_every == 0 and t + 1 < steps:
                 row["eval_accuracy"] = evaluate(setup)["accuracy"]
-            R.append_jsonl(out / R.METRICS, row)
-        if (t + 1) % cfg.train.checkpoint_every == 0 and t + 1 < steps:
+            if main:
+                R.append_jsonl(out / R.METRICS, row)
+        if main and (t + 1) % cfg.train.checkpoint_every == 0 and t + 1 < steps:
             ledger.update(**method.summary(ledger.state))
             _save_private(run_id, t + 1, method, out)
             save_checkpoint(out, setup, t + 1)
         _emit(callback, {"event": "step", "step": t + 1, "steps": steps, **rel.monitor})
 
     final = evaluate(setup)
-    save_model(out, setup)
-    save_checkpoint(out, setup, steps)
-    ledger.update(steps_done=steps, **(method.summary(ledger.state) if method is not None else {}))
-    if key is not None:
-        key.forget()  # the run is complete: J and the noise can never be re-drawn
-    _private_path(run_id).unlink(missing_ok=True)
-    result = {"accuracy": final["accuracy"], "correct": final["correct"], "total": final["total"],
-              "task": cfg.task.name, "split": "eval", "steps": steps, "wall_time_s": round(time.time() - t0, 2)}
-    first = next((r for r in R.read_jsonl(out / R.METRICS) if r.get("kind") == "eval" and r["step"] == 0), None)
-    if first is not None:
-        result["initial_accuracy"] = first["eval_accuracy"]
-    R.atomic_write_json(out / R.EVAL, result)
+
+    def finish():
+        save_model(out, setup)
+        save_checkpoint(out, setup, steps)
+        ledger.update(steps_done=steps, **(method.summary(ledger.state) if method is not None else {}))
+        if key is not None:
+            key.forget()  # the run is complete: J and the noise can never be re-drawn
+        _private_path(run_id).unlink(missing_ok=True)
+        result = {"accuracy": final["accuracy"], "correct": final["correct"], "total": final["total"],
+                  "task": cfg.task.name, "split": "eval", "steps": steps, "wall_time_s": round(time.time() - t0, 2)}
+        first = next((r for r in R.read_jsonl(out / R.METRICS) if r.get("kind") == "eval" and r["step"] == 0), None)
+        if first is not None:
+            result["initial_accuracy"] = first["eval_accuracy"]
+        R.atomic_write_json(out / R.EVAL, result)
+        return result
+    result = dist.from_main(finish)
     _emit(callback, {"event": "done", **result})
     return result
 

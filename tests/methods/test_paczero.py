@@ -175,15 +175,15 @@ def test_secret_hygiene_run_dir_and_logs_hold_no_secret(tmp_path, make_cfg, monk
     monkeypatch.setenv("PRIVTUNE_CACHE", str(tmp_path / "cache"))
     J = int(SecretKey(987654321).numpy("subset").integers(8))
     stats = []
-    real = P.subset_means
+    real = P.signs_of
 
-    def spy(g, member):
-        G = real(g, member)
-        stats.append(G)
-        return G
-    monkeypatch.setattr(P, "subset_means", spy)
+    def spy(G):  # the step's subset means G_m, just before their signs are taken
+        stats.append(np.array(G))
+        return real(G)
+    monkeypatch.setattr(P, "signs_of", spy)
     cfg = _pac_cfg(make_cfg, tmp_path, "run")
     train(cfg)
+    assert len(stats) > 1, "the spy saw no subset means"
     secret_vals = set()
     for G in stats[1:]:
         secret_vals |= {float(G[J]), abs(float(G[J]))}

@@ -23,20 +23,19 @@ import math
 from typing import Annotated, Literal
 
 import numpy as np
-import torch
 from pydantic import Field, model_validator
 
+from .. import dist
 from ..config import PosFloat, ZOCfg
 from ..data import sample_batch
 from ..errors import ConfigError, TrainingDiverged
 from ..privacy import dp
 from ..privacy.bounds import eps_to_posterior
-from ..zo.engine import direction_seed, zo_scalars
+from ..zo.engine import direction_seed, pair_sums, zo_scalars
 from . import Method, Release
 
 Delta = Annotated[float, Field(gt=0, lt=1)]
 Clip = Annotated[float, Field(gt=0)]  # inf allowed (no clipping) only with noise_multiplier = 0
-_EMPTY = torch.zeros(0, dtype=torch.float64)  # losses of an empty Poisson batch
 
 
 class Config(ZOCfg):
@@ -140,7 +139,7 @@ class DPZero(Method):
         cfg = self.cfg
         if cfg.sampling == "fixed":
             return sample_batch(self.n, cfg.batch_size, self.run_seed, t)
-        return poisson_batch(self.secret, self.n, self.rate, t)
+        return dist.from_main(lambda: poisson_batch(self.secret, self.n, self.rate, t))  # drawn where the key is
 
     def noise(self, t: int) -> np.ndarray:
         """K unit draws for step t, a pure function of (secret key, t): a recomputed step releases the same ĝ."""
@@ -148,28 +147,27 @@ class DPZero(Method):
         k = self.cfg.directions
         return rng.standard_normal(k) if self.mechanism == "gaussian" else rng.laplace(0.0, 1.0, k)
 
-    def privatize(self, lp, lm, xi: float) -> tuple[float, dict]:
-        """ĝ = mean_i clip_C(g_i) + (σC/B)·ξ  (DPZero, arXiv 2310.09639, Alg. 1)."""
-        cfg = self.cfg
-        g = zo_scalars(lp, lm, cfg.eps).clamp(-cfg.clip, cfg.clip)
-        if cfg.sampling == "fixed":
-            avg = float(g.mean())  # same reduction as MeZO's, so σ = 0, C = ∞ reproduces MeZO bit for bit
-        else:
-            avg = float(g.sum()) / cfg.batch_size  # Poisson: divide by the expected batch size
+    def clipped_values(self, lp, lm):
+        """The per-example values whose sum is privatized: clip_C(g_i)."""
+        return zo_scalars(lp, lm, self.cfg.eps).clamp(-self.cfg.clip, self.cfg.clip)
+
+    def privatize(self, total: float, xi: float) -> tuple[float, dict]:
+        """ĝ = (1/B)·Σ_i clip_C(g_i) + (σC/B)·ξ  (DPZero, arXiv 2310.09639, Alg. 1). B is the fixed batch size, or
+        the expected one under Poisson sampling; with σ = 0 and C = ∞ this is MeZO's batch mean, bit for bit."""
+        avg = total / self.cfg.batch_size
         return (avg + self.noise_std * xi if self.noise_std > 0 else avg), {}
 
     def step(self, t: int) -> Release:
         cfg, K = self.cfg, self.cfg.directions
         idx = self.batch(t)
-        xi = self.noise(t)
         updates, released, extra = [], [], {}
         for k in range(K):
             seed = direction_seed(self.run_seed, t, k)
-            if idx:
-                lp, lm = self.engine.pair_losses(self.pool, idx, seed, cfg.eps)
-            else:  # an empty Poisson batch: the sum is 0, only noise is released
-                lp = lm = _EMPTY
-            g, more = self.privatize(lp, lm, float(xi[k]))
+            # Σ_i clip(·) in the engine's fixed chunk order (an empty Poisson batch sums to 0: only noise is released)
+            total = float(pair_sums(self.engine, self.pool, idx, seed, cfg.eps,
+                                    lambda lp, lm, ex: self.clipped_values(lp, lm)[:, None].numpy(), 1)[0])
+            # the noise is drawn from the secret key, on rank 0 only; every rank gets the released value
+            g, more = dist.from_main(lambda: self.privatize(total, float(self.noise(t)[k])))
             if not math.isfinite(g):
                 raise TrainingDiverged(f"training: loss is NaN/inf at step {t}")
             updates.append((seed, g / K))

@@ -43,10 +43,13 @@ class DPZO(dpzero.DPZero):
         std = self.noise_scale * (1.0 if self.mechanism == "gaussian" else 2.0 ** 0.5)
         return std / (2.0 * self.cfg.eps * self.cfg.batch_size)
 
-    def privatize(self, lp, lm, xi: float) -> tuple[float, dict]:
+    def clipped_values(self, lp, lm):
+        """The per-example values whose sum is privatized: clip_C(Δ_i)."""
+        return (lp - lm).clamp(-self.cfg.clip, self.cfg.clip)
+
+    def privatize(self, total: float, xi: float) -> tuple[float, dict]:
         """R = Σ_i clip_C(Δ_i) + noise; ĝ = R/(2εB)  (DP-ZO, arXiv 2401.04343, Alg. 1)."""
         cfg = self.cfg
-        total = float((lp - lm).clamp(-cfg.clip, cfg.clip).sum())
         released = total + self.noise_scale * xi if self.noise_scale > 0 else total
         return released / (2.0 * cfg.eps * cfg.batch_size), {"noisy_sum": released}
 

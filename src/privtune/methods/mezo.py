@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import math
 
+import torch
+
 from ..config import MezoCfg as Config
 from ..data import sample_batch
 from ..errors import TrainingDiverged
-from ..zo.engine import direction_seed, zo_scalars
+from ..zo.engine import direction_seed, pair_sums, zo_scalars
 from . import Method, Release
 
 
@@ -22,9 +24,10 @@ class Mezo(Method):
         updates, gs, losses = [], [], []
         for k in range(cfg.directions):
             seed = direction_seed(self.run_seed, t, k)
-            lp, lm = self.engine.pair_losses(self.pool, idx, seed, cfg.eps)
-            g = float(zo_scalars(lp, lm, cfg.eps).mean())
-            losses.append(float((lp.mean() + lm.mean()) / 2))
+            rows = lambda lp, lm, ex: torch.stack([zo_scalars(lp, lm, cfg.eps), lp, lm], 1).numpy()
+            sum_g, sum_lp, sum_lm = pair_sums(self.engine, self.pool, idx, seed, cfg.eps, rows, 3)
+            g = float(sum_g) / len(idx)  # the batch mean of g_i, summed in chunk order (zo.engine.chunk_sums)
+            losses.append((float(sum_lp) / len(idx) + float(sum_lm) / len(idx)) / 2)
             if not math.isfinite(g):
                 raise TrainingDiverged(f"training: loss is NaN/inf at step {t}")
             updates.append((seed, g / cfg.directions))

@@ -19,10 +19,11 @@ from typing import Literal
 import numpy as np
 from pydantic import Field, model_validator
 
+from .. import dist
 from ..config import NonNegFloat, PosFloat, PosInt, ZOCfg
 from ..errors import BudgetError, ConfigError, TrainingDiverged
 from ..privacy import bounds, pac
-from ..zo.engine import derive_seed, direction_seed, zo_scalars
+from ..zo.engine import derive_seed, direction_seed, pair_sums, zo_scalars
 from . import Method, Release
 
 
@@ -63,6 +64,13 @@ def subset_means(g: np.ndarray, member: np.ndarray) -> np.ndarray:
     return (member.astype(np.float64).T @ g) / counts
 
 
+def subset_rows(g: np.ndarray, member: np.ndarray, clip: float) -> np.ndarray:
+    """Per example: clip_c(g_i) in the columns of its subsets (0 elsewhere), then 1 if g_i is NaN/inf. Summed over
+    examples (zo.engine.chunk_sums) this gives every subset's sum of clipped scalars and the count of bad scalars."""
+    rows = np.where(member, np.clip(g, -clip, clip)[:, None], 0.0)
+    return np.column_stack([rows, ~np.isfinite(g)])
+
+
 def signs_of(G: np.ndarray) -> np.ndarray:
     return np.where(G >= 0, 1, -1).astype(np.int8)  # sign with 0 → +1
 
@@ -81,7 +89,9 @@ class PACZero(Method):
                               "(task.pool_size)")
         self.member = balanced_design(len(pool), cfg.subsets, run_seed)
         subset_means(np.zeros(len(pool)), self.member)  # fail early on empty subsets
-        self._secret_index = int(secret.numpy("subset").integers(cfg.subsets))  # J: never written anywhere
+        self.counts = self.member.sum(axis=0).astype(np.float64)
+        # J: never written anywhere, and under torchrun held by rank 0 only (the others never see the key)
+        self._secret_index = int(secret.numpy("subset").integers(cfg.subsets)) if dist.is_main() else None
         self.posterior = np.full(cfg.subsets, 1.0 / cfg.subsets)
         self.spent = 0.0  # the method's own running total (equals the ledger's at every checkpoint)
 
@@ -106,15 +116,13 @@ class PACZero(Method):
             self._beta_step = pac.step_budget(cfg.budget, self.spent, self.total_steps, t, cfg.allocation)
         for k in range(K):
             seed = direction_seed(self.run_seed, t, k)
-            lp, lm = self.engine.pair_losses(self.pool, None, seed, cfg.eps)
-            g = zo_scalars(lp, lm, cfg.eps).cpu().numpy()
-            if not np.all(np.isfinite(g)):
+            rows = lambda lp, lm, ex: subset_rows(zo_scalars(lp, lm, cfg.eps).numpy(), self.member[ex], cfg.clip)
+            sums = pair_sums(self.engine, self.pool, None, seed, cfg.eps, rows, cfg.subsets + 1)
+            if sums[-1] > 0:
                 raise TrainingDiverged(f"training: loss is NaN/inf at step {t}")
-            s = signs_of(subset_means(np.clip(g, -cfg.clip, cfg.clip), self.member))
-            if cfg.mode == "zpl":
-                y, free, sigma, cost = self._zpl(s, t, k)
-            else:
-                y, free, sigma, cost = self._mi(s, t, k)
+            s = signs_of(sums[:-1] / self.counts)  # subset means of the clipped scalars, summed in chunk order
+            # the release reads J (and, for MI, the noise and the posterior): rank 0 computes it, all ranks get it
+            y, free, sigma, cost = dist.from_main(lambda: (self._zpl if cfg.mode == "zpl" else self._mi)(s, t, k))
             charge += cost
             self._charged_now.append(cost)
             updates.append((seed, y / K))

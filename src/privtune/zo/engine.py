@@ -18,6 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .. import dist
 from ..trainable import Selection, decoder_parts
 
 
@@ -207,8 +208,15 @@ class ZOEngine:
         return cache_dir() / "prefix" / f"{h.hexdigest()[:40]}.pt"
 
     def _chunks(self, idx: list[int], data: Encoded) -> list[list[int]]:
+        """Length-sorted micro-batches. Every chunk but the last is full, so the chunks of a union of whole chunks
+        are those same chunks: a rank handed chunks r, r+P, ... computes exactly what one process computes."""
         order = sorted(idx, key=lambda j: (len(data.ids[j]), j))  # length-sorted: little padding, deterministic
         return [order[s:s + self.micro_batch] for s in range(0, len(order), self.micro_batch)]
+
+    def chunks(self, data: Encoded, idx=None) -> list[list[int]]:
+        """The micro-batches the examples `idx` (distinct; None = all) are computed in, in their fixed order."""
+        idx = range(len(data)) if idx is None else idx
+        return self._chunks(sorted({int(i) for i in idx}), data)
 
     def _pad(self, data: Encoded, chunk: list[int]):
         T = max(len(data.ids[j]) for j in chunk)
@@ -336,6 +344,10 @@ class ZOEngine:
     def logits_multi(self, data: Encoded, idx, directions: list) -> list[torch.Tensor]:
         """Verbalizer logits [B, C] (float32) of examples `idx` at θ + each direction (None = θ itself)."""
         idx = list(range(len(data))) if idx is None else [int(i) for i in idx]
+        return self._per_example(data, idx, directions, lambda c, rows: rows)
+
+    def _per_example(self, data: Encoded, idx: list[int], directions: list, fn) -> list[torch.Tensor]:
+        """fn(chunk, logits of the chunk) per direction, computed chunk by chunk, then put back in `idx` order."""
         chunks = self._chunks(sorted(set(idx)), data)
         try:
             with torch.no_grad():
@@ -346,8 +358,8 @@ class ZOEngine:
         for rows in per_dir:
             by_example = {}
             for chunk, lg in zip(chunks, rows):
-                for r, j in enumerate(chunk):
-                    by_example[j] = lg[r]
+                for r, v in enumerate(fn(chunk, lg)):
+                    by_example[chunk[r]] = v
             results.append(torch.stack([by_example[j] for j in idx]))
         return results
 
@@ -365,8 +377,10 @@ class ZOEngine:
     def pair_losses(self, data: Encoded, idx, seed: int, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-example losses at θ+εz and θ−εz (float64): one batched pass over the whole batch, both signs sharing
         each block's z."""
-        lp, lm = self.logits_multi(data, idx, [Direction(seed, +eps), Direction(seed, -eps)])
-        return self._ce(data, idx, lp).double(), self._ce(data, idx, lm).double()
+        idx = list(range(len(data))) if idx is None else [int(i) for i in idx]
+        ce = lambda chunk, lg: F.cross_entropy(lg, data.labels[chunk].to(lg.device), reduction="none").double()
+        lp, lm = self._per_example(data, idx, [Direction(seed, +eps), Direction(seed, -eps)], ce)  # per chunk
+        return lp, lm
 
     def scalars(self, data: Encoded, idx, seed: int, eps: float) -> torch.Tensor:
         """Per-example ZO scalars g_i = (ℓ_i(θ+εz) − ℓ_i(θ−εz)) / 2ε in float64 (MeZO, Malladi et al. 2023, Alg. 1)."""
@@ -397,7 +411,52 @@ def zo_scalars(lp: torch.Tensor, lm: torch.Tensor, eps: float) -> torch.Tensor:
     return (lp - lm) / (2.0 * eps)
 
 
+# ---------------------------------------------------------------------------- sums in one fixed order, sharded
+def ordered_sum(rows) -> np.ndarray:
+    """Σ of the rows of a [k, w] float64 array, added one row at a time in row order."""
+    rows = np.asarray(rows, dtype=np.float64)
+    total = np.zeros(rows.shape[1:], dtype=np.float64)
+    for row in rows:
+        total += row
+    return total
+
+
+def chunk_sums(engine, data, idx, rows_of, width: int) -> np.ndarray:
+    """Σ_i rows_of(examples)_i over the distinct examples `idx` (None = all): float64 [width], summed in one order
+    that does not depend on the number of processes — example order inside each of the engine's chunks, then chunk
+    order. `rows_of(examples)` gives one float64 row of `width` per example (elementwise in its inputs).
+
+    Under torchrun rank r computes only chunks r, r+P, ... (the very chunks one process uses, so the same floats);
+    the per-chunk partial sums are gathered (dist.gather_rows) and added in chunk order on every rank, so every
+    method's data-dependent sum, and with it the final weights, is bit-identical for any P. Every method uses this.
+    An engine without micro-batches (a test double) is one chunk."""
+    idx = list(range(len(data))) if idx is None else [int(i) for i in idx]
+    chunks = engine.chunks(data, idx) if hasattr(engine, "chunks") else ([idx] if idx else [])
+    mine = [chunks[c] for c in dist.shard(len(chunks))]
+    part = np.zeros((len(mine), width), dtype=np.float64)
+    flat = [j for c in mine for j in c]
+    if flat:
+        rows = np.asarray(rows_of(flat), dtype=np.float64).reshape(len(flat), width)
+        at = 0
+        for k, c in enumerate(mine):
+            part[k] = ordered_sum(rows[at:at + len(c)])
+            at += len(c)
+    return ordered_sum(dist.gather_rows(part, len(chunks)))
+
+
+def pair_sums(engine, data, idx, seed: int, eps: float, values, width: int) -> np.ndarray:
+    """chunk_sums of values(ℓ⁺, ℓ⁻, examples) → [n, width], from the per-example losses at θ ± εz (one batched pass
+    per sign over this rank's chunks)."""
+    def rows_of(flat):
+        lp, lm = engine.pair_losses(data, flat, seed, eps)
+        return values(lp.cpu(), lm.cpu(), flat)
+    return chunk_sums(engine, data, idx, rows_of, width)
+
+
 def accuracy(engine: ZOEngine, data: Encoded) -> tuple[float, int]:
-    lg = engine.logits(data)
-    correct = int((lg.argmax(-1).cpu() == data.labels).sum())
+    """Eval accuracy; under torchrun each rank scores its share of the chunks."""
+    def hits(flat):
+        lg = engine.logits(data, flat)
+        return (lg.argmax(-1).cpu() == data.labels[flat]).double().numpy()
+    correct = int(chunk_sums(engine, data, None, hits, 1)[0])
     return correct / max(len(data), 1), correct
