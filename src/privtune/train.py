@@ -290,7 +290,7 @@ def _train(cfg, *, resume: bool, callback: Callback | None, stop_after: int | No
     final = evaluate(setup)
     save_model(out, setup)
     save_checkpoint(out, setup, steps)
-    ledger.update(steps_done=steps, **method.summary(ledger.state))
+    ledger.update(steps_done=steps, **method.summary(ledger.state), **method.final_fields(final))
     if key is not None:
         key.forget()  # the run is complete: J and the noise can never be re-drawn
     _private_path(run_id).unlink(missing_ok=True)
