@@ -67,7 +67,7 @@ def main() -> None:
     ap.add_argument("--budgets", type=int, nargs="+", default=[30, 100, 300])
     ap.add_argument("--optimizers", nargs="+", default=["one_plus_one", "diagonal_cma"])
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--attack", type=int, default=500, help="members and non-members for the loss attack")
+    ap.add_argument("--attack", type=int, default=200, help="members and non-members for the loss attack")
     ap.add_argument("--timing-examples", type=int, default=200)
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "bboxer_sst2.json"))
     args = ap.parse_args()

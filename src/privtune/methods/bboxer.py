@@ -32,6 +32,7 @@ from ..zo.engine import derive_seed
 from . import Method, Release
 
 CMA_MAX_DIM = 2000  # full-covariance CMA stores d×d: above this, use diagonal_cma
+MAX_DIM = 1_000_000  # a black-box search over more coordinates than this is hopeless (and nevergrad copies x often)
 
 
 class Config(ZOCfg):
@@ -40,7 +41,8 @@ class Config(ZOCfg):
     comparison: Literal["incumbent", "ranking"] = "incumbent"
     population: PosInt | None = None  # λ candidates per ranked generation (ranking only; default 8)
     sigma: PosFloat = 0.05  # initial mutation scale of x (w is scaled by ≈ exp(±sigma))
-    granularity: Literal["element", "tensor"] = "element"  # one x per entry, or one scalar per trainable tensor
+    # one x per entry, or one scalar per trainable tensor (kind norms + tensor = per-layer norm scalars)
+    granularity: Literal["element", "tensor"] = "element"
     score: Literal["loss", "error"] = "loss"  # what decides a comparison: mean CE or 0-1 error on the scoring set
     delta: Annotated[float, Field(gt=0, lt=1)] = 0.05  # confidence of the reported generalization bound
 
@@ -158,6 +160,9 @@ class BBoxER(Method):
         sizes = [p.numel() if cfg.granularity == "element" else 1 for p in params]
         self.slices = np.cumsum([0] + sizes)
         self.dim = int(self.slices[-1])
+        if self.dim > MAX_DIM:
+            raise ConfigError(f"trainable.kind: {self.dim} search dimensions is too many for a black-box search "
+                              f"(max {MAX_DIM}); use final_norm, norms, or method.granularity=tensor")
         if cfg.optimizer == "cma" and self.dim > CMA_MAX_DIM:
             raise ConfigError(f"method.optimizer: cma keeps a {self.dim}×{self.dim} covariance; use diagonal_cma "
                               f"for more than {CMA_MAX_DIM} search dimensions")
