@@ -17,6 +17,8 @@ budget b (evaluations, or generations with ranking).
 
 from __future__ import annotations
 
+import contextlib
+import warnings
 from typing import Annotated, Literal
 
 import numpy as np
@@ -78,6 +80,14 @@ def make_optimizer(cfg: Config, dim: int, seed: int, budget: int):
     return family(parametrization=param, budget=max(budget, 1), num_workers=1)
 
 
+@contextlib.contextmanager
+def _quiet_cma():
+    """pycma warns about its own step-size bookkeeping (TPA, injected solutions) on rank-only feedback: not ours."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", module=r"cma(\..*)?$")
+        yield
+
+
 class Search:
     """The public half: the optimizer and the incumbent, moved only by released bits / rankings."""
 
@@ -89,11 +99,16 @@ class Search:
         self.asked: list = []
 
     def ask(self) -> list[np.ndarray]:
-        self.asked = [self.opt.ask() for _ in range(self.cfg.lam)]
+        with _quiet_cma():
+            self.asked = [self.opt.ask() for _ in range(self.cfg.lam)]
         return [np.asarray(c.value, dtype=np.float64) for c in self.asked]
 
     def tell(self, public: dict) -> None:
         """Tell the asked candidates values that are a function of the released outcome only."""
+        with _quiet_cma():
+            self._tell(public)
+
+    def _tell(self, public: dict) -> None:
         if self.cfg.comparison == "incumbent":
             (cand,) = self.asked
             if int(public["bit"]):
