@@ -27,7 +27,8 @@ def test_config_validates(path):
     assert cfg.method.name and cfg.out_dir
 
 
-@pytest.mark.parametrize("name", ["tiny_paczero_zpl", "tiny_paczero_mi", "tiny_dpzero", "tiny_dpzo", "tiny_dpsgd_lora"])
+@pytest.mark.parametrize("name", ["tiny_paczero_zpl", "tiny_paczero_mi", "tiny_dpzero", "tiny_dpzo", "tiny_dpsgd_lora",
+                                  "tiny_bboxer"])
 def test_tiny_config_runs_from_the_cli(tmp_path, name):
     out = tmp_path / name
     r = subprocess.run([sys.executable, "-m", "privtune", "train", "-c", f"configs/{name}.yaml", "train.steps=8",

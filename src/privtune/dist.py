@@ -197,3 +197,12 @@ def barrier() -> None:
         import torch.distributed as td
 
         _collective("the final barrier", td.barrier)
+
+
+def require_single(method: str) -> None:
+    """Methods whose step is not sharded (DP-SGD, BBoxER) refuse a torchrun launch with a one-line ConfigError."""
+    if world() > 1:
+        from .errors import ConfigError
+
+        raise ConfigError(f"method.name: {method} runs in one process (its step is not sharded across torchrun "
+                          "ranks); launch it without torchrun")

@@ -345,7 +345,8 @@ def _train(cfg, *, resume: bool, callback: Callback | None, stop_after: int | No
     def finish():
         save_model(out, setup)
         save_checkpoint(out, setup, steps)
-        ledger.update(steps_done=steps, **(method.summary(ledger.state) if method is not None else {}))
+        ledger.update(steps_done=steps, **({**method.summary(ledger.state), **method.final_fields(final)}
+                                          if method is not None else {}))
         if key is not None:
             key.forget()  # the run is complete: J and the noise can never be re-drawn
         _private_path(run_id).unlink(missing_ok=True)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 from dataclasses import dataclass, field
 
-_MODULES = ["mezo", "paczero", "dpzero", "dpzo", "dpsgd"]
+_MODULES = ["mezo", "paczero", "dpzero", "dpzo", "dpsgd", "bboxer"]
 
 
 @dataclass
@@ -44,6 +44,10 @@ class Method:
         mia_posterior_bound and the assumptions. A method with no guarantee says so rather than nothing."""
         return {"guarantee": self.guarantee, "mi_nats": None, "epsilon": None, "delta": None,
                 "mia_posterior_bound": None, "assumptions": "no privacy guarantee"}
+
+    def final_fields(self, final_eval: dict) -> dict:
+        """Extra privacy.json fields once the run is done, given the final eval (e.g. an observed train − eval gap)."""
+        return {}
 
     def apply(self, rel: Release, lr: float, weight_decay: float) -> None:
         """Apply a release to θ (after it was charged and written to the transcript). ZO methods move θ along their

@@ -65,9 +65,7 @@ class DPSGD(dpzero.DPZero):
 
         from .. import dist
 
-        if dist.world() > 1:
-            raise ConfigError("method.name: dpsgd runs in one process (its per-example gradients are not sharded "
-                              "across torchrun ranks); launch it without torchrun")
+        dist.require_single(self.name)
         if engine.base is None:
             raise ConfigError("model.name: dpsgd needs a Llama-style decoder (model.layers, model.norm)")
         if id(engine.head_weight) in engine.index or id(engine.base.embed_tokens.weight) in engine.index:
