@@ -55,7 +55,9 @@ def main():
     setup = {k: getattr(a, k) for k in ("model", "task", "eval", "train", "batch", "lr", "ratio", "adapters",
                                         "calib", "lam", "seed")}
     res = results.get(key) if results.get(key, {}).get("setup") == setup else None
-    res = res or {"setup": setup, "eval_split": f"first {a.eval} examples of the {a.task} eval split (file order)",
+    old = results.get(key, {})
+    zero_shot = old.get("full_zero_shot") if all(old.get("setup", {}).get(k) == setup[k] for k in ("model", "task", "eval")) else None
+    res = res or {"setup": setup, **({"full_zero_shot": zero_shot} if zero_shot else {}), "eval_split": f"first {a.eval} examples of the {a.task} eval split (file order)",
                   "machine": platform.processor() or platform.machine(), "threads": torch.get_num_threads()}
     results[key] = res
 

@@ -73,7 +73,8 @@ def tune(
         summary = T.train_adapters(lm.model, lm.codec, amap, opt, cli._Progress("tune", quiet))
         info = {"source": manifest["source"], "emulator_method": manifest["method"],
                 "emulator_manifest_sha256": __import__("hashlib").sha256(E.manifest_bytes(manifest)).hexdigest(),
-                "task": task, **summary}
+                "task": task, "steps": summary["steps"], "examples": summary["examples"],
+                "options": summary["options"]}  # goes back to the model owner: no loss trajectory
         T.save_adapters(out, T.adapter_state(lm.model, amap), info)
         return {"out": str(out), "steps": summary["steps"], "examples": summary["examples"],
                 "final_train_loss": summary["loss_log"][-1]["train_loss"] if summary["loss_log"] else None}

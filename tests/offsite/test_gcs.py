@@ -16,7 +16,7 @@ def setup():
     lm = load_model("tiny")
     lm.model.double()
     task = load_task("sst2")
-    ids, labels = FW.encode(lm.codec, task.template, task.train[:48])
+    ids, labels = FW.encode(lm.codec, task.template, task.train[:24])
     verb = lm.codec.verbalizer_ids(task.verbalizer)
     return lm, ids, labels, verb
 
@@ -66,16 +66,16 @@ def test_linear_term_predicts_real_loss_change(setup):
         with torch.no_grad():
             return float(FW.loss(lm.model, ids, labels, verb))
 
-    l0, actual = loss(), []
+    l0, actual, ks = loss(), [], list(range(0, len(S), 2))
     try:
-        for k in range(len(S)):
+        for k in ks:
             with torch.no_grad():
                 mod.weight.copy_(W0 - t * S[k] * torch.outer(U[:, k], Vh[k]))
             actual.append(loss() - l0)
     finally:
         with torch.no_grad():
             mod.weight.copy_(W0)
-    actual, predicted = np.array(actual), t * lin.numpy()
+    actual, predicted = np.array(actual), t * lin.numpy()[ks]
     assert np.corrcoef(actual, predicted)[0, 1] > 0.99
     assert np.abs(actual - predicted).max() < 0.05 * np.abs(actual).max()
 

@@ -9,7 +9,9 @@ The first term is how much δ moves the gradient (Taylor: ∇ℓ(W+δ) − ∇�
 loss increase δ causes (the emulator should be worse: privacy). Low GCS ⇒ compress. H is the K-FAC approximation
 per linear layer, H·vec(δ) ≈ vec(G·δ·A), with A = E[x xᵀ] over input activations and G = E[g gᵀ] over output
 gradients on a small calibration set. Both terms are normalised by their mean magnitude within the candidate set
-so λ is dimensionless (our choice: the paper's text was not available to us; see the module README in the note).
+so λ is dimensionless. Only the paper's abstract and summaries were available to us (no public code, full text not
+retrieved): the formula above is the one the issue states; the normalisation, the per-block budgets and ranking
+by GCS per parameter saved (emulator.py) are our choices.
 
 For rank-one δ = s·a bᵀ the K-FAC term factorises: ‖G a bᵀ A‖₁ = |s|·‖G a‖₁·‖A b‖₁ (entrywise ℓ1 of an outer
 product), so every SVD component / channel is scored without forming δ.
