@@ -16,6 +16,8 @@ from .errors import PrivtuneError
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Private post-training of language models.")
 privacy_app = typer.Typer(no_args_is_help=True, help="Privacy conversions (MI ↔ ε ↔ MIA posterior bound).")
 app.add_typer(privacy_app, name="privacy")
+from .cli_offsite import app as _offsite_app  # noqa: E402
+app.add_typer(_offsite_app, name="offsite")
 
 
 def _fail(msg: str, code: int = 2):
