@@ -1,0 +1,185 @@
+"""`privtune audit`: membership-inference attacks and the one-run canary audit on a finished run → audit.json.
+
+Members and non-members follow the run's threat model:
+- DP and non-private runs: the training pool versus held-out examples of the same distribution (a label-balanced
+  draw of train-split examples outside the pool). The DP guarantee covers exactly this game.
+- PACZero: its guarantee covers membership in the secret subset S_J among the pool (prior ½), and J is forgotten
+  when the run ends. Audit mode: a run trained with a fixed secret (PRIVTUNE_SECRET_SEED) is audited with the same
+  seed (`secret_seed`), so members are S_J and non-members the rest of the pool. Without it the audit falls back to
+  pool versus held-out, which the PAC guarantee does not cover: the numbers are reported, not checked.
+- Canaries (`task.canaries` at train time, run dir canaries.json): each was put in the pool with probability ½; the
+  one-run audit (onerun.py) turns the guesses into an ε lower bound at 95% confidence.
+
+A measured posterior success above the proven bound beyond its confidence interval is a violation: audit.json says
+so (`violation: true`) and the CLI exits 1.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from .. import config as C
+from .. import rundir as R
+from ..errors import ConfigError, PrivtuneError
+from . import metrics, onerun
+from .attacks import ATTACKS, scores
+
+AUDIT = "audit.json"
+CANARIES = "canaries.json"
+
+
+def _load_run(run: Path):
+    weights = run / R.MODEL_DIR / "trainable.safetensors"
+    if not (run / R.CONFIG).is_file():
+        raise PrivtuneError(f"{run}: not a privtune run directory (no {R.CONFIG})")
+    if not weights.is_file():
+        raise PrivtuneError(f"{weights}: missing; the run has not finished")
+    privacy = json.loads((run / R.PRIVACY).read_text()) if (run / R.PRIVACY).is_file() else {}
+    return C.build(C.load_yaml(run / R.CONFIG)), weights, privacy
+
+
+def _heldout(train, exclude: set[int], labels_wanted: list[int], seed: int) -> list[int]:
+    """Train-split indices outside `exclude`, one per wanted label (same label mix as the members), seeded."""
+    rng = np.random.default_rng(np.random.SeedSequence([seed, 13]))
+    by_label: dict[int, list[int]] = {}
+    for i, ex in enumerate(train):
+        if i not in exclude:
+            by_label.setdefault(ex.label, []).append(i)
+    out = []
+    for lab in sorted(set(labels_wanted)):
+        need = labels_wanted.count(lab)
+        avail = by_label.get(lab, [])
+        if need > len(avail):
+            raise PrivtuneError(f"audit: only {len(avail)} held-out examples of label {lab} for {need} members")
+        out.extend(avail[j] for j in rng.choice(len(avail), size=need, replace=False))
+    return out
+
+
+def secret_subset(cfg, n_pool: int, secret_seed: int) -> np.ndarray:
+    """PACZero audit mode: which pool positions are in S_J, J drawn from the known secret exactly as PACZero does."""
+    from ..methods.paczero import balanced_design
+    from ..secrets import SecretKey
+
+    design = balanced_design(n_pool, cfg.method.subsets, cfg.train.seed)
+    j = int(SecretKey(secret_seed).numpy("subset").integers(cfg.method.subsets))
+    return design[:, j]
+
+
+def membership(cfg, task, pool_index: list[int], in_s: np.ndarray | None, seed: int):
+    """(members, nonmembers, threat_model): train-split indices (canaries excluded). `in_s`: S_J by pool position."""
+    if in_s is not None:
+        members = [i for p, i in enumerate(pool_index) if in_s[p]]
+        nonmembers = [i for p, i in enumerate(pool_index) if not in_s[p]]
+        return members, nonmembers, "secret-subset"
+    members = list(pool_index)
+    nonmembers = _heldout(task.train, set(pool_index), [task.train[i].label for i in members], seed)
+    return members, nonmembers, "pool-vs-heldout"
+
+
+def _subsample(idx: list[int], limit: int | None, rng) -> list[int]:
+    if limit is None or len(idx) <= limit:
+        return list(idx)
+    return [idx[j] for j in sorted(rng.choice(len(idx), size=limit, replace=False))]
+
+
+def bound_check(guarantee: str | None, threat_model: str, privacy: dict) -> tuple[float | None, bool]:
+    """(posterior bound, whether it covers this threat model)."""
+    bound = privacy.get("mia_posterior_bound")
+    if bound is None:
+        return None, False
+    if str(guarantee).startswith("pac"):
+        return float(bound), threat_model == "secret-subset"
+    return float(bound), threat_model == "pool-vs-heldout"
+
+
+def audit_run(run_dir, *, attacks=ATTACKS, limit: int | None = 500, n_boot: int = 200, seed: int = 0,
+              secret_seed: int | None = None, callback=None) -> dict:
+    """Run the attacks (and the canary audit, if the run has canaries) and write run_dir/audit.json."""
+    from ..data import Example
+    from ..privacy.bounds import tradeoff_tpr
+    from ..train import prepare
+    from ..trainable import trainable_state
+
+    run = Path(run_dir)
+    attacks = tuple(attacks)
+    unknown = [a for a in attacks if a not in ATTACKS]
+    if unknown or not attacks:
+        raise ConfigError(f"attacks: unknown {unknown} (choose from {', '.join(ATTACKS)})")
+    cfg, weights, privacy = _load_run(run)
+    if secret_seed is not None and cfg.method.name != "paczero":
+        raise ConfigError(f"secret_seed: only PACZero runs have a secret subset to audit (this is {cfg.method.name})")
+    canary = None
+    if cfg.task.canaries:
+        path = run / CANARIES
+        if not path.is_file():
+            raise PrivtuneError(f"{path}: missing; the run was trained with task.canaries but has no canary file")
+        canary = json.loads(path.read_text())
+
+    if callback:
+        callback({"event": "status", "message": "loading the model and the task"})
+    setup = prepare(cfg, need_pool=False, need_eval=False)
+    from ..data import balanced_pool
+
+    pool_index = balanced_pool(setup.task.train, cfg.task.pool_size, cfg.train.seed)
+    base_state = trainable_state(setup.sel)
+    trained_state = R.load_tensors(weights)
+    canary_in = [bool(x) for x in canary["included"]] if canary else []
+    in_s = secret_subset(cfg, len(pool_index) + sum(canary_in), secret_seed) if secret_seed is not None else None
+    members, nonmembers, threat = membership(cfg, setup.task, pool_index, in_s, seed)
+    rng = np.random.default_rng(np.random.SeedSequence([seed, 17]))
+    members, nonmembers = _subsample(members, limit, rng), _subsample(nonmembers, limit, rng)
+    examples = [setup.task.train[i] for i in members + nonmembers]
+    canary_ex = [Example(t, int(y)) for t, y in zip(canary["texts"], canary["labels"])] if canary else []
+    if canary and in_s is not None:  # only the canaries in the pool; "member" = in S_J (pool order: after the pool)
+        keep = [c for c, inc in enumerate(canary_in) if inc]
+        canary_ex = [canary_ex[c] for c in keep]
+        canary_in = [bool(x) for x in in_s[len(pool_index):]]
+    if callback:
+        callback({"event": "status", "message": f"scoring {len(examples) + len(canary_ex)} examples "
+                                                f"with {', '.join(attacks)}"})
+    sc = scores(setup, examples + canary_ex, base_state, trained_state, attacks, micro_batch=cfg.train.micro_batch)
+    n_m, n_x = len(members), len(members) + len(nonmembers)
+
+    guarantee = privacy.get("guarantee")
+    bound, applies = bound_check(guarantee, threat, privacy)
+    check = 1.0 - 0.05 / len(attacks)  # Bonferroni over the attacks: a false alarm at most 5% of the time
+    dp_eps, dp_delta = privacy.get("epsilon"), privacy.get("delta")
+    result = {"run_dir": str(run), "method": cfg.method.name, "guarantee": guarantee, "threat_model": threat,
+              "mia_posterior_bound": bound, "bound_applies": applies, "check_confidence": check,
+              "n_members": n_m, "n_nonmembers": n_x - n_m, "attacks": {}, "violation": False, "violations": []}
+    if dp_eps is not None:
+        result["tpr_at_0.01_fpr_bound"] = float(tradeoff_tpr(0.01, float(dp_eps), float(dp_delta or 0.0)))
+    for name in attacks:
+        s = sc[name]
+        m = metrics.mia_metrics(s[:n_m], s[n_m:n_x], n_boot=n_boot, seed=seed, check_confidence=check)
+        if applies and bound is not None and m["posterior_success_lower"] > bound:
+            result["violations"].append(f"{name}: posterior success {m['posterior_success']:.4f} (lower "
+                                        f"{m['posterior_success_lower']:.4f}) exceeds the bound {bound:.4f}")
+        if applies and "tpr_at_0.01_fpr_bound" in result and m["tpr_at_0.01_fpr_ci"][0] > result["tpr_at_0.01_fpr_bound"]:
+            result["violations"].append(f"{name}: TPR at 1% FPR {m['tpr_at_0.01_fpr']:.4f} exceeds the DP "
+                                        f"trade-off bound {result['tpr_at_0.01_fpr_bound']:.4f}")
+        result["attacks"][name] = m
+    if canary_ex:
+        delta = float(dp_delta) if dp_delta is not None else 0.0
+        per = {name: onerun.audit(sc[name][n_x:], canary_in, delta=delta, confidence=check) for name in attacks}
+        best = max(per, key=lambda a: per[a]["epsilon_lower_bound"])
+        result["canary"] = {"threat_model": "secret-subset" if threat == "secret-subset" else "pool-inclusion",
+                            "canaries": len(canary_ex), "included": int(sum(canary_in)), "delta": delta,
+                            "confidence": 0.95, "epsilon_lower_bound": per[best]["epsilon_lower_bound"],
+                            "best_attack": best, "per_attack": per,
+                            "auc": {a: metrics.auc(sc[a][n_x:][np.array(canary_in)], sc[a][n_x:][~np.array(canary_in)])
+                                    for a in attacks} if 0 < sum(canary_in) < len(canary_in) else None}
+        if dp_eps is not None and threat == "pool-vs-heldout" and per[best]["epsilon_lower_bound"] > float(dp_eps):
+            result["violations"].append(f"canaries: ε lower bound {per[best]['epsilon_lower_bound']:.4f} exceeds the "
+                                        f"proven ε {float(dp_eps):.4f}")
+    result["violation"] = bool(result["violations"])
+    best_auc = max(attacks, key=lambda a: result["attacks"][a]["auc"])
+    result["summary"] = {"best_attack": best_auc, "auc": result["attacks"][best_auc]["auc"],
+                         "tpr_at_0.01_fpr": max(result["attacks"][a]["tpr_at_0.01_fpr"] for a in attacks),
+                         "posterior_success": max(result["attacks"][a]["posterior_success"] for a in attacks),
+                         "epsilon_lower_bound": result.get("canary", {}).get("epsilon_lower_bound")}
+    R.atomic_write_json(run / AUDIT, result)
+    return result
