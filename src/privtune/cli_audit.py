@@ -36,9 +36,11 @@ def audit(
 
     res = _run(go)
     bound = res["mia_posterior_bound"]
+    shown = "none" if bound is None else f"{bound:.4f}"
+    if bound is not None and not res["bound_applies"]:
+        shown += " (does not cover this threat model)"
     typer.echo(f"{res['method']} ({res['guarantee']}), threat model {res['threat_model']}: "
-               f"{res['n_members']} members vs {res['n_nonmembers']} non-members; MIA posterior bound "
-               f"{'none' if bound is None else f'{bound:.4f}'}{'' if res['bound_applies'] or bound is None else ' (does not cover this threat model)'}")
+               f"{res['n_members']} members vs {res['n_nonmembers']} non-members; MIA posterior bound {shown}")
     typer.echo(f"{'attack':<8} {'AUC':>22} {'TPR@1%FPR':>10} {'TPR@0.1%FPR':>12} {'posterior':>22}")
     for name, m in res["attacks"].items():
         lo, hi = m["auc_ci"]
@@ -48,7 +50,8 @@ def audit(
     if "canary" in res:
         c = res["canary"]
         typer.echo(f"canaries: {c['canaries']} ({c['included']} members), ε lower bound "
-                   f"{c['epsilon_lower_bound']:.4f} at 95% confidence (δ={c['delta']:g}, best attack {c['best_attack']})")
+                   f"{c['epsilon_lower_bound']:.4f} at 95% confidence (δ={c['delta']:g}, "
+                   f"best attack {c['best_attack']})")
     typer.echo(f"wrote {Path(run_dir) / 'audit.json'}")
     if res["violation"]:
         for v in res["violations"]:

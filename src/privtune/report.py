@@ -120,6 +120,8 @@ def run_row(r: RunInfo, group: dict) -> dict:
         "audit_auc": a.get("auc"), "audit_tpr_1pct": a.get("tpr_at_0.01_fpr"),
         "audit_posterior": a.get("posterior_success"), "empirical_epsilon": a.get("epsilon_lower_bound"),
         "violation": (r.audit or {}).get("violation"),
+        "threat_model": ((r.audit["threat_model"] + ("" if r.audit["bound_applies"] else " (bound n/a)"))
+                         if r.audit else None),
         "accuracy": r.eval["accuracy"], "accuracy_mean": group["accuracy"], "accuracy_std": group["accuracy_std"],
         "seeds": group["seeds"], "steps": r.eval.get("steps"), "wall_time_s": r.eval.get("wall_time_s"),
         "unanimity_rate": r.privacy.get("unanimity_rate"),
@@ -133,18 +135,21 @@ def _png(fig) -> bytes:
     return buf.getvalue()
 
 
-def frontier_png(rows: list[dict]) -> bytes:
+def frontier_png(rows: list[dict], runs: list[RunInfo]) -> bytes:
+    """Left: the frontier (bound vs accuracy, ± std over seeds). Right: each audited run's measured posterior
+    success (best attack, 95% CI) against its proven bound; a point above the diagonal is a violation."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7.5, 5))
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(13, 5), gridspec_kw={"width_ratios": [3, 2]})
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    for i, g in enumerate(sorted(rows, key=lambda g: g["bound"])):
+    color = {}
+    for i, g in enumerate(sorted(rows, key=lambda g: (g["bound"], g["label"]))):
+        c = color[g["label"]] = color.get(g["label"], colors[i % len(colors)])
         ax.errorbar(g["bound"], g["accuracy"], xerr=g["bound_std"] or None, yerr=g["accuracy_std"] or None,
-                    fmt="o", ms=8, capsize=5, color=colors[i % len(colors)],
-                    label=f"{g['label']} (n={g['seeds']})")
+                    fmt="o", ms=8, capsize=5, color=c, label=f"{g['label']} (n={g['seeds']})")
         ax.annotate(g["label"], (g["bound"], g["accuracy"]), textcoords="offset points", xytext=(8, 6), fontsize=9)
     ax.set_xlim(0.48, 1.02)
     ax.axvline(0.5, color="grey", lw=0.8, ls=":")
@@ -153,6 +158,25 @@ def frontier_png(rows: list[dict]) -> bytes:
     ax.set_title("Privacy–utility frontier")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
+
+    bx.plot([0.5, 1.0], [0.5, 1.0], color="grey", lw=1, ls="--", label="measured = proven bound")
+    for r in runs:
+        if not r.audit:
+            continue
+        best = max(r.audit["attacks"].values(), key=lambda m: m["posterior_success"])
+        lo, hi = best["posterior_success_ci"]
+        y = best["posterior_success"]
+        covered = r.audit["bound_applies"] or r.audit["mia_posterior_bound"] is None  # no guarantee: bound 1 holds
+        bx.errorbar(r.bound, y, yerr=[[max(y - lo, 0)], [max(hi - y, 0)]], fmt="s" if covered else "x",
+                    ms=7, capsize=4, color=color.get(r.label, "black"))
+    bx.set_xlim(0.48, 1.02)
+    bx.set_ylim(0.4, 1.02)
+    bx.set_xlabel("proven MIA posterior bound")
+    bx.set_ylabel("measured posterior success (best attack, 95% CI)")
+    bx.set_title("Measured attack vs proven bound\n(■ bound covers the audit's threat model, × it does not)",
+                 fontsize=10)
+    bx.grid(alpha=0.3)
+    bx.legend(fontsize=8, loc="upper left")
     out = _png(fig)
     plt.close(fig)
     return out
@@ -188,6 +212,7 @@ def curves_png(runs: list[RunInfo]) -> bytes:
 COLUMNS = [("run", "run"), ("method", "method"), ("guarantee", "guarantee"), ("posterior_bound", "MIA posterior bound"),
            ("mi_nats", "MI (nats)"), ("epsilon", "ε"), ("delta", "δ"), ("audit_auc", "audit AUC"),
            ("audit_tpr_1pct", "TPR@1% FPR"), ("audit_posterior", "measured posterior"),
+           ("threat_model", "audit threat model"),
            ("empirical_epsilon", "empirical ε (canaries, 95%)"), ("accuracy", "accuracy"),
            ("accuracy_mean", "accuracy mean ± std"), ("steps", "steps"), ("wall_time_s", "wall time (s)"),
            ("unanimity_rate", "unanimity rate")]
@@ -202,7 +227,7 @@ def _fmt(key: str, row: dict) -> str:
     if isinstance(v, float):
         if math.isinf(v):
             return "∞"
-        return f"{v:g}" if key == "delta" else f"{v:.4f}"
+        return f"{v:g}" if key == "delta" else f"{v:.1f}" if key == "wall_time_s" else f"{v:.4f}"
     return html.escape(str(v))
 
 
@@ -254,7 +279,7 @@ def write_report(run_dirs, out) -> Path:
     grows = group_rows(runs)
     by_run = {p: g for g in grows for p in g["runs"]}
     rows = [run_row(r, by_run[str(r.path)]) for r in runs]
-    images = {"frontier": frontier_png(grows), "curves": curves_png(runs)}
+    images = {"frontier": frontier_png(grows, runs), "curves": curves_png(runs)}
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     for name, data in images.items():

@@ -50,3 +50,17 @@ def test_bad_scores_raise():
         metrics.auc([], [1.0])
     with pytest.raises(ValueError):
         metrics.auc([np.nan], [1.0])
+
+
+def test_posterior_ci_covers_chance_at_nominal_rate():
+    """For identical distributions the one-sided 95% lower limit of the posterior success must exceed ½ in about
+    5% of audits, not more (copies of a resampled example stay in one fold)."""
+    rng = np.random.default_rng(4)
+    over = 0
+    for s in range(30):
+        a, b = rng.standard_normal(150), rng.standard_normal(150)
+        fa, fb = metrics.folds(150, 150, s)
+        ci = metrics.bootstrap(lambda i, j: metrics.posterior_success(a[i], b[j], fold=(fa[i], fb[j])),
+                               150, 150, 60, s, levels=(0.9,))
+        over += ci[0.9][0] > 0.5
+    assert over <= 5

@@ -3,8 +3,8 @@
 m canaries, each included in training independently with probability ½. The auditor guesses "in" for the k₊
 highest-scoring canaries and "out" for the k₋ lowest, abstaining on the rest: r = k₊ + k₋ guesses, v correct.
 If training is (ε, δ)-DP, P[≥ v correct] ≤ β + 2mδ·α with β = P[Bin(r, q) ≥ v], q = e^ε/(1 + e^ε) and
-α = max_{1≤i≤v} P[v − i ≤ Bin(r, q) < v]/i (the paper's Thm. 3.3 / its δ > 0 audit). The ε lower bound at confidence
-1 − γ is the largest ε whose p-value is still ≤ γ: every ε below it is rejected.
+α = max_{1≤i≤v} P[v − i ≤ Bin(r, q) < v]/i (the paper's Thm. 3.3 / its δ > 0 audit). The ε lower bound at
+confidence 1 − γ is the largest ε whose p-value is still ≤ γ: every ε below it is rejected.
 
 Pure functions (numpy/scipy); no torch, no I/O.
 """
