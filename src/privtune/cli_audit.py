@@ -47,6 +47,9 @@ def audit(
         plo, phi = m["posterior_success_ci"]
         typer.echo(f"{name:<8} {m['auc']:.4f} [{lo:.4f}, {hi:.4f}] {m['tpr_at_0.01_fpr']:>10.4f} "
                    f"{m['tpr_at_0.001_fpr']:>12.4f} {m['posterior_success']:.4f} [{plo:.4f}, {phi:.4f}]")
+    if "subset_rank_p_value" in res:
+        ps = ", ".join(f"{a} {p:.3f}" for a, p in res["subset_rank_p_value"].items() if p is not None)
+        typer.echo(f"exact subset-rank test (I = 0 ⇒ uniform p): {ps}")
     if "canary" in res:
         c = res["canary"]
         typer.echo(f"canaries: {c['canaries']} ({c['included']} members), ε lower bound "

@@ -108,6 +108,8 @@ def test_zpl_run_is_consistent_with_chance(runs):
     assert c["threat_model"] == "secret-subset" and c["canaries"] == json.loads(
         (runs["zpl"] / "canaries.json").read_text())["included"].count(True)
     assert c["epsilon_lower_bound"] == 0.0
+    assert set(res["subset_rank_p_value"]) == {"loss", "ref"}
+    assert all(0 < p <= 1 for p in res["subset_rank_p_value"].values())
 
 
 def test_zpl_without_secret_falls_back_and_says_so(runs):
@@ -166,3 +168,17 @@ def test_report_on_two_tiny_runs_holds_their_numbers(runs, tmp_path):
         assert row["unanimity_rate"] == priv.get("unanimity_rate")
     assert rows["zpl"]["mi_nats"] == 0.0 and rows["zpl"]["empirical_epsilon"] == 0.0
     assert rows["overfit"]["epsilon"] is None and rows["overfit"]["method"] == "mezo"
+
+
+def test_subset_rank_p_value_exact_null_and_leak():
+    import numpy as np
+
+    from privtune.audit.run import subset_rank_p_value
+    from privtune.methods.paczero import balanced_design
+
+    design = balanced_design(60, 16, seed=0)
+    rng = np.random.default_rng(0)
+    leak = design[:, 5] + 0.1 * rng.standard_normal(60)  # scores that reveal S_5
+    assert subset_rank_p_value(leak, design, 5) == 1 / 16
+    ps = [subset_rank_p_value(rng.standard_normal(60), design, int(rng.integers(16))) for _ in range(300)]
+    assert abs(np.mean(ps) - 0.53) < 0.05  # uniform on {1/16, ..., 1}: mean 17/32

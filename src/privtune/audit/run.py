@@ -7,6 +7,8 @@ Members and non-members follow the run's threat model:
   when the run ends. Audit mode: a run trained with a fixed secret (PRIVTUNE_SECRET_SEED) is audited with the same
   seed (`secret_seed`), so members are S_J and non-members the rest of the pool. Without it the audit falls back to
   pool versus held-out, which the PAC guarantee does not cover: the numbers are reported, not checked.
+  With the secret known the audit also runs an exact test of "the model is independent of J" (ZPL's I = 0): the
+  AUC of S_J against the AUCs of all M public candidate subsets (subset_rank_p_value).
 - Canaries (`task.canaries` at train time, run dir canaries.json): each was put in the pool with probability ½; the
   one-run audit (onerun.py) turns the guesses into an ε lower bound at 95% confidence.
 
@@ -58,25 +60,33 @@ def _heldout(train, exclude: set[int], labels_wanted: list[int], seed: int) -> l
     return out
 
 
-def secret_subset(cfg, n_pool: int, secret_seed: int) -> np.ndarray:
-    """PACZero audit mode: which pool positions are in S_J, J drawn from the known secret exactly as PACZero does."""
+def secret_design(cfg, n_pool: int, secret_seed: int) -> tuple[np.ndarray, int]:
+    """PACZero audit mode: the public design [n_pool, M] and J, drawn from the known secret as PACZero draws it."""
     from ..methods.paczero import balanced_design
     from ..secrets import SecretKey
 
     design = balanced_design(n_pool, cfg.method.subsets, cfg.train.seed)
-    j = int(SecretKey(secret_seed).numpy("subset").integers(cfg.method.subsets))
-    return design[:, j]
+    return design, int(SecretKey(secret_seed).numpy("subset").integers(cfg.method.subsets))
 
 
-def membership(cfg, task, pool_index: list[int], in_s: np.ndarray | None, seed: int):
-    """(members, nonmembers, threat_model): train-split indices (canaries excluded). `in_s`: S_J by pool position."""
-    if in_s is not None:
-        members = [i for p, i in enumerate(pool_index) if in_s[p]]
-        nonmembers = [i for p, i in enumerate(pool_index) if not in_s[p]]
-        return members, nonmembers, "secret-subset"
+def subset_rank_p_value(scores: np.ndarray, design_rows: np.ndarray, j: int) -> float | None:
+    """Exact test of "the model is independent of J" (PACZero-ZPL: I = 0): the AUC of the true subset S_J against
+    the AUCs of all M candidate subsets on the same scores. Under independence J is uniform given the scores, so the
+    rank of its AUC is uniform: p = #{m : AUC_m ≥ AUC_J} / M."""
+    aucs = []
+    for m in range(design_rows.shape[1]):
+        inside = design_rows[:, m]
+        if not (inside.any() and (~inside).any()):
+            return None
+        aucs.append(metrics.auc(scores[inside], scores[~inside]))
+    aucs = np.array(aucs)
+    return float(np.mean(aucs >= aucs[j]))
+
+
+def heldout_membership(task, pool_index: list[int], seed: int) -> tuple[list[int], list[int]]:
+    """Pool versus held-out: (members, non-members) as train-split indices (canaries excluded)."""
     members = list(pool_index)
-    nonmembers = _heldout(task.train, set(pool_index), [task.train[i].label for i in members], seed)
-    return members, nonmembers, "pool-vs-heldout"
+    return members, _heldout(task.train, set(pool_index), [task.train[i].label for i in members], seed)
 
 
 def _subsample(idx: list[int], limit: int | None, rng) -> list[int]:
@@ -125,10 +135,20 @@ def audit_run(run_dir, *, attacks=ATTACKS, limit: int | None = 500, n_boot: int 
     base_state = trainable_state(setup.sel)
     trained_state = R.load_tensors(weights)
     canary_in = [bool(x) for x in canary["included"]] if canary else []
-    in_s = secret_subset(cfg, len(pool_index) + sum(canary_in), secret_seed) if secret_seed is not None else None
-    members, nonmembers, threat = membership(cfg, setup.task, pool_index, in_s, seed)
     rng = np.random.default_rng(np.random.SeedSequence([seed, 17]))
-    members, nonmembers = _subsample(members, limit, rng), _subsample(nonmembers, limit, rng)
+    design = in_s = None
+    if secret_seed is not None:
+        design, j_secret = secret_design(cfg, len(pool_index) + sum(canary_in), secret_seed)
+        in_s = design[:, j_secret]
+        # subsample pool positions before splitting by S_J, so the scored set does not depend on J
+        keep_pos = _subsample(list(range(len(pool_index))), None if limit is None else 2 * limit, rng)
+        members = [pool_index[p] for p in keep_pos if in_s[p]]
+        nonmembers = [pool_index[p] for p in keep_pos if not in_s[p]]
+        threat = "secret-subset"
+    else:
+        members, nonmembers = heldout_membership(setup.task, pool_index, seed)
+        threat = "pool-vs-heldout"
+        members, nonmembers = _subsample(members, limit, rng), _subsample(nonmembers, limit, rng)
     examples = [setup.task.train[i] for i in members + nonmembers]
     canary_ex = [Example(t, int(y)) for t, y in zip(canary["texts"], canary["labels"])] if canary else []
     if canary and in_s is not None:  # only the canaries in the pool; "member" = in S_J (pool order: after the pool)
@@ -162,6 +182,14 @@ def audit_run(run_dir, *, attacks=ATTACKS, limit: int | None = 500, n_boot: int 
             result["violations"].append(f"{name}: TPR at 1% FPR {m['tpr_at_0.01_fpr']:.4f} exceeds the DP "
                                         f"trade-off bound {result['tpr_at_0.01_fpr_bound']:.4f}")
         result["attacks"][name] = m
+    if design is not None:  # exact permutation test over the M candidate subsets (valid under I = 0)
+        where = {i: p for p, i in enumerate(pool_index)}
+        rows = design[[where[i] for i in members + nonmembers]]
+        result["subset_rank_p_value"] = {a: subset_rank_p_value(sc[a][:n_x], rows, j_secret) for a in attacks}
+        if canary_ex:
+            crow = design[len(pool_index):]
+            result["canary_subset_rank_p_value"] = {a: subset_rank_p_value(sc[a][n_x:], crow, j_secret)
+                                                    for a in attacks}
     if canary_ex:
         delta = float(dp_delta) if dp_delta is not None else 0.0
         per = {name: onerun.audit(sc[name][n_x:], canary_in, delta=delta, confidence=check) for name in attacks}
