@@ -120,7 +120,8 @@ def run_row(r: RunInfo, group: dict) -> dict:
         "audit_auc": a.get("auc"), "audit_tpr_1pct": a.get("tpr_at_0.01_fpr"),
         "audit_posterior": a.get("posterior_success"), "empirical_epsilon": a.get("epsilon_lower_bound"),
         "violation": (r.audit or {}).get("violation"),
-        "threat_model": ((r.audit["threat_model"] + ("" if r.audit["bound_applies"] else " (bound n/a)"))
+        "threat_model": ((r.audit["threat_model"] + (" (bound n/a)" if r.audit["mia_posterior_bound"] is not None
+                                                     and not r.audit["bound_applies"] else ""))
                          if r.audit else None),
         "accuracy": r.eval["accuracy"], "accuracy_mean": group["accuracy"], "accuracy_std": group["accuracy_std"],
         "seeds": group["seeds"], "steps": r.eval.get("steps"), "wall_time_s": r.eval.get("wall_time_s"),
@@ -152,6 +153,10 @@ def frontier_png(rows: list[dict], runs: list[RunInfo]) -> bytes:
                     fmt="o", ms=8, capsize=5, color=c, label=f"{g['label']} (n={g['seeds']})")
         ax.annotate(g["label"], (g["bound"], g["accuracy"]), textcoords="offset points", xytext=(8, 6), fontsize=9)
     ax.set_xlim(0.48, 1.02)
+    lo = min(g["accuracy"] - g["accuracy_std"] for g in rows)
+    hi = max(g["accuracy"] + g["accuracy_std"] for g in rows)
+    pad = max(0.05 - (hi - lo), 0.0) / 2 + 0.01  # at least a 5-point span: no zoom that makes noise look large
+    ax.set_ylim(lo - pad, hi + pad)
     ax.axvline(0.5, color="grey", lw=0.8, ls=":")
     ax.set_xlabel("MIA posterior bound (attacker success, prior ½; 1.0 = no guarantee)")
     ax.set_ylabel("eval accuracy (mean ± std over seeds)")
