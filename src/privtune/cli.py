@@ -139,6 +139,10 @@ def replay(
         raise typer.Exit(1)
 
 
+from . import cli_audit  # noqa: E402  (privtune audit / report)
+cli_audit.register(app)
+
+
 def main():
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:

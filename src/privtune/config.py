@@ -41,6 +41,7 @@ class TaskCfg(Strict):
     verbalizer: list[str] | None = None  # one single-token word per label
     pool_size: PosInt = 1000  # balanced, seeded training pool (PACZero paper: N = 1000)
     eval_limit: PosInt | None = None  # evaluate on the first K eval examples only
+    canaries: Annotated[int, Field(ge=0)] = 0  # audit mode: n PII canaries, each in the pool w.p. ½ (privtune audit)
 
 
 class LoraCfg(Strict):

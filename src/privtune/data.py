@@ -398,3 +398,24 @@ def sample_batch(pool_size: int, batch_size: int, seed: int, step: int) -> list[
         raise ConfigError(f"method.batch_size: {batch_size} is larger than the pool ({pool_size} examples)")
     rng = np.random.default_rng([int(seed), int(step)])
     return [int(p) for p in rng.choice(int(pool_size), size=int(batch_size), replace=False)]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Canaries (audit mode)
+
+CANARY_TEMPLATE = "My name is {name}, write to me at {email} or call me on {phone}."
+
+
+def make_canaries(n: int, n_labels: int, seed: int) -> tuple[list[Example], list[bool]]:
+    """n synthetic PII canaries (faker names, e-mails, phone numbers in one template sentence, a random label) and
+    for each whether it joins the training pool, with probability ½ independently (Steinke, Nasr & Jagielski,
+    NeurIPS 2023, one-run audit). Both are a pure function of (n, n_labels, seed)."""
+    from faker import Faker
+
+    fake = Faker("en_US")
+    fake.seed_instance(int(seed))
+    rng = np.random.default_rng(np.random.SeedSequence([int(seed), 11]))
+    labels = rng.integers(n_labels, size=n)
+    included = rng.random(n) < 0.5
+    texts = [CANARY_TEMPLATE.format(name=fake.name(), email=fake.email(), phone=fake.phone_number()) for _ in range(n)]
+    return [Example(t, int(y)) for t, y in zip(texts, labels)], [bool(x) for x in included]

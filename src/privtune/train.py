@@ -25,7 +25,7 @@ from . import config as C
 from . import dist
 from . import rundir as R
 from . import secrets as S
-from .data import Task, balanced_pool, load_task, render
+from .data import CANARY_TEMPLATE, Task, balanced_pool, load_task, make_canaries, render
 from .errors import ConfigError, PrivtuneError, TrainingDiverged
 from .ledger import Ledger
 from .methods import Method, method_class
@@ -49,6 +49,7 @@ class Setup:
     pool: Encoded | None = None
     pool_index: list[int] = field(default_factory=list)
     evalset: Encoded | None = None
+    canaries: dict | None = None  # audit mode (task.canaries): texts, labels, inclusion → run dir canaries.json
 
 
 def lr_at(cfg_method, t: int, steps: int) -> float:
@@ -99,6 +100,8 @@ def prepare(cfg, *, need_pool: bool = True, need_eval: bool = True, callback: Ca
     setup = Setup(cfg, task, lm, sel, engine, verb)
     if need_pool:
         setup.pool_index = balanced_pool(task.train, cfg.task.pool_size, cfg.train.seed)
+        if cfg.task.canaries:
+            setup.canaries = add_canaries(task, setup.pool_index, cfg.task.canaries, cfg.train.seed)
         bs = getattr(cfg.method, "batch_size", None)
         if bs is not None and bs > len(setup.pool_index):
             raise ConfigError(f"method.batch_size: {bs} is larger than task.pool_size {len(setup.pool_index)}")
@@ -108,6 +111,16 @@ def prepare(cfg, *, need_pool: bool = True, need_eval: bool = True, callback: Ca
         _emit(callback, {"event": "status", "message": f"encoding {len(task.eval)} eval examples"})
         setup.evalset = encode_examples(setup, task.eval)
     return setup
+
+
+def add_canaries(task: Task, pool_index: list[int], n: int, seed: int) -> dict:
+    """Audit mode: append n canaries to task.train and the included ones to the pool (in place)."""
+    canaries, included = make_canaries(n, task.n_labels, seed)
+    start = len(task.train)
+    task.train.extend(canaries)
+    pool_index.extend(start + j for j, inc in enumerate(included) if inc)
+    return {"template": CANARY_TEMPLATE, "seed": seed, "texts": [c.text for c in canaries],
+            "labels": [c.label for c in canaries], "included": included}
 
 
 def _emit(callback: Callback | None, event: dict) -> None:
@@ -165,12 +178,14 @@ def evaluate(setup: Setup) -> dict:
     return {"accuracy": acc, "correct": correct, "total": len(setup.evalset)}
 
 
-def _create_run_dir(out: Path, cfg, method: Method, run_id: str) -> Ledger:
+def _create_run_dir(out: Path, cfg, method: Method, run_id: str, extra: dict | None = None) -> Ledger:
     """Create the run dir atomically: built in a temp sibling, renamed into place once complete."""
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
     try:
         R.atomic_write_text(tmp / R.CONFIG, C.dump(cfg))
+        for name, obj in (extra or {}).items():
+            R.atomic_write_json(tmp / name, obj)
         (tmp / R.METRICS).touch()
         (tmp / R.TRANSCRIPT).touch()
         Ledger.create(tmp, run_id=run_id, steps_total=cfg.train.steps, **method.ledger_fields())
@@ -271,7 +286,8 @@ def _train(cfg, *, resume: bool, callback: Callback | None, stop_after: int | No
             R.truncate_jsonl(out / R.METRICS, lambda r: start > 0 and r.get("step", -1) <= start)
         else:
             try:
-                ledger = _create_run_dir(out, cfg, method, run_id)
+                extra = {"canaries.json": setup.canaries} if setup.canaries is not None else {}
+                ledger = _create_run_dir(out, cfg, method, run_id, extra)  # audit mode: canaries + inclusion
             except BaseException:
                 if key is not None:
                     key.forget()

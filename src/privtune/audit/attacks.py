@@ -1,0 +1,96 @@
+"""Membership-inference attack scores of examples under a trained model (higher score = "more likely a member").
+
+An example is its prompt (the task template around the text) followed by its label's verbalizer token: the
+sequence the fine-tuning objective scores.
+
+- loss: −CE over the verbalizer logits (the training objective; Yeom et al., CSF 2018).
+- zlib: −(mean token NLL of the example under the full LM) / (zlib-compressed length of its text in bytes)
+  (Carlini et al., USENIX Security 2021).
+- mink: Min-K% Prob, the mean log-probability of the k% least likely tokens (Shi et al., ICLR 2024).
+- minkpp: Min-K%++, the same over (log p(x_t) − μ_t)/σ_t with μ_t, σ_t the mean and std of log p(·) under the
+  model's own next-token distribution (Zhang et al. 2024, arXiv 2404.02936, Eq. 3).
+- ref: reference-model calibration, the base model as reference: CE_base − CE_trained on the verbalizer logits
+  (Carlini et al. 2021 / Watson et al., ICLR 2022).
+"""
+
+from __future__ import annotations
+
+import zlib
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+ATTACKS = ("loss", "zlib", "mink", "minkpp", "ref")
+LM_ATTACKS = {"zlib", "mink", "minkpp"}  # need a full-vocabulary forward of every token
+K_FRACTION = 0.2  # Min-K% and Min-K%++: the 20% least likely tokens
+
+
+@torch.no_grad()
+def token_stats(model, sequences: list[list[int]], device, pad_id: int = 0, micro_batch: int = 16) -> list[dict]:
+    """Per sequence: log p(x_t | x_<t) for t ≥ 1, and μ_t, σ_t of log p(·|x_<t) under the model (Min-K%++)."""
+    out: list[dict] = [None] * len(sequences)
+    order = sorted(range(len(sequences)), key=lambda j: (len(sequences[j]), j))
+    for s in range(0, len(order), micro_batch):
+        chunk = order[s:s + micro_batch]
+        T = max(len(sequences[j]) for j in chunk)
+        ids = torch.full((len(chunk), T), pad_id, dtype=torch.long)
+        attn = torch.zeros((len(chunk), T), dtype=torch.long)
+        for row, j in enumerate(chunk):
+            ids[row, T - len(sequences[j]):] = torch.tensor(sequences[j])
+            attn[row, T - len(sequences[j]):] = 1
+        ids, attn = ids.to(device), attn.to(device)
+        pos = (attn.cumsum(-1) - 1).clamp(min=0)
+        logits = model(input_ids=ids, attention_mask=attn, position_ids=pos).logits.float()
+        logp = F.log_softmax(logits[:, :-1], dim=-1)  # predicts tokens 1..T-1
+        target = logp.gather(-1, ids[:, 1:, None])[..., 0]
+        p = logp.exp()
+        mu = (p * logp).sum(-1)
+        sigma = ((p * logp.square()).sum(-1) - mu.square()).clamp(min=1e-12).sqrt()
+        for row, j in enumerate(chunk):
+            n = len(sequences[j]) - 1
+            out[j] = {"logp": target[row, T - 1 - n:].cpu().numpy(), "mu": mu[row, T - 1 - n:].cpu().numpy(),
+                      "sigma": sigma[row, T - 1 - n:].cpu().numpy()}
+    return out
+
+
+def min_k(values: np.ndarray, k: float = K_FRACTION) -> float:
+    """Mean of the ⌈k·n⌉ smallest values (Shi et al. 2024, Min-K% Prob)."""
+    n = max(1, int(np.ceil(k * values.size)))
+    return float(np.sort(values)[:n].mean())
+
+
+def lm_scores(stats: list[dict], texts: list[str]) -> dict[str, np.ndarray]:
+    zl = np.array([len(zlib.compress(t.encode("utf-8"))) for t in texts], dtype=float)
+    nll = np.array([-s["logp"].mean() for s in stats])
+    return {
+        "zlib": -nll / zl,
+        "mink": np.array([min_k(s["logp"]) for s in stats]),
+        "minkpp": np.array([min_k((s["logp"] - s["mu"]) / s["sigma"]) for s in stats]),
+    }
+
+
+def scores(setup, examples, base_state: dict, trained_state: dict, attacks=ATTACKS, micro_batch: int = 16) -> dict:
+    """Attack scores for `examples` (privtune.data.Example) under the run's trained weights. `setup` is a
+    privtune.train.Setup; its trainable parameters are left at `trained_state`."""
+    from ..data import render
+    from ..train import encode_examples
+    from ..trainable import load_trainable_state
+
+    out: dict[str, np.ndarray] = {}
+    data = encode_examples(setup, examples)
+    load_trainable_state(setup.sel, trained_state)
+    ce = setup.engine.losses(data).cpu().numpy().astype(float)
+    if "loss" in attacks:
+        out["loss"] = -ce
+    if "ref" in attacks:
+        load_trainable_state(setup.sel, base_state)
+        ce_base = setup.engine.losses(data).cpu().numpy().astype(float)
+        load_trainable_state(setup.sel, trained_state)
+        out["ref"] = ce_base - ce
+    if LM_ATTACKS & set(attacks):
+        texts = [render(setup.task.template, ex.text) + setup.task.verbalizer[ex.label] for ex in examples]
+        seqs = [list(ids) + [setup.verbalizer_ids[ex.label]] for ids, ex in zip(data.ids, examples)]
+        stats = token_stats(setup.sel.model, seqs, setup.engine.device, setup.lm.codec.pad_id, micro_batch)
+        out.update({k: v for k, v in lm_scores(stats, texts).items() if k in attacks})
+    return {k: out[k] for k in attacks}
