@@ -182,3 +182,19 @@ def test_subset_rank_p_value_exact_null_and_leak():
     assert subset_rank_p_value(leak, design, 5) == 1 / 16
     ps = [subset_rank_p_value(rng.standard_normal(60), design, int(rng.integers(16))) for _ in range(300)]
     assert abs(np.mean(ps) - 0.53) < 0.05  # uniform on {1/16, ..., 1}: mean 17/32
+
+
+@pytest.mark.parametrize("method", [
+    {"name": "bboxer", "optimizer": "one_plus_one"},
+    {"name": "dpsgd", "epsilon": 2.0, "batch_size": 8, "lr": 1e-3},
+])
+def test_audit_runs_on_bboxer_and_dpsgd_runs(tmp_path, monkeypatch, method):
+    monkeypatch.setenv("PRIVTUNE_CACHE", str(tmp_path / "cache"))
+    over = {"method": method, "train.steps": 4, "trainable.kind": "final_norm", "out_dir": str(tmp_path / "run")}
+    train(C.build(tiny_cfg(tmp_path, **over)))
+    res = audit_run(tmp_path / "run", attacks=("loss", "ref"), **FAST)
+    assert res["threat_model"] == "pool-vs-heldout" and set(res["attacks"]) == {"loss", "ref"}
+    assert 0.0 <= res["attacks"]["loss"]["auc"] <= 1.0
+    priv = json.loads((tmp_path / "run" / "privacy.json").read_text())
+    assert res["mia_posterior_bound"] == priv["mia_posterior_bound"]  # the bound it is checked against: the run's own
+    assert not res["violation"]
