@@ -1,10 +1,10 @@
 """Peak memory and step time of first-order DP-SGD (Opacus) ÷ a zeroth-order method (MeZO, DPZero: same engine
 path), at the same model, trainable set and batch.
 
-Each method runs in its own fresh process (so peaks don't mix): load model, encode the batch, then `--steps`
-training steps through the method object exactly as privtune.train runs them. Reported per method: peak RSS
-(ru_maxrss) minus the RSS just before the first step (the training-step overhead above inference-ready state), the
-whole-process peak, and seconds per step. The ratio DP-SGD ÷ ZO is the number to read; absolute values depend on
+Each method runs in its own fresh process (so peaks don't mix): load model, encode the batch, one inference pass
+over the batch (the reference), then `--steps` training steps through the method object exactly as privtune.train
+runs them. Reported per method: whole-process peak RSS (ru_maxrss) ÷ the peak after the inference pass, the
+overheads above the loaded model of a training step and of inference, and seconds per step. The ratio DP-SGD ÷ ZO is the number to read; absolute values depend on
 the machine. Defaults: SmolLM2-135M, LoRA r=8 on q/v in every block (no frozen-prefix cache, so the backward pass
 goes through the whole model), batch 16.
 
@@ -54,14 +54,18 @@ def child(args) -> dict:
     setup = prepare(cfg, need_eval=False)
     m = method_class(args.method)(cfg.method, setup.engine, setup.pool, 0, args.steps, secret=SecretKey(1))
     base = rss_mb()
+    setup.engine.logits(setup.pool, list(range(args.batch)))  # one inference pass over the batch: the reference
+    infer_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     t0 = time.perf_counter()
     for t in range(args.steps):
         m.apply(m.step(t), cfg.method.lr, 0.0)
     dt = (time.perf_counter() - t0) / args.steps
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     n_train = sum(p.numel() for _, p in setup.sel.params)
-    return {"method": args.method, "s_per_step": round(dt, 3), "rss_before_steps_mb": round(base, 1),
-            "peak_rss_mb": round(peak, 1), "step_overhead_mb": round(peak - base, 1), "trainable_params": n_train}
+    return {"method": args.method, "s_per_step": round(dt, 3), "rss_loaded_mb": round(base, 1),
+            "inference_peak_rss_mb": round(infer_peak, 1), "peak_rss_mb": round(peak, 1),
+            "step_overhead_mb": round(peak - base, 1), "inference_overhead_mb": round(infer_peak - base, 1),
+            "peak_over_inference": round(peak / infer_peak, 3), "trainable_params": n_train}
 
 
 def main():
@@ -93,6 +97,8 @@ def main():
             ratios[f"dpsgd_over_{zo}"] = {
                 "step_overhead_memory": round(by["dpsgd"]["step_overhead_mb"] / max(by[zo]["step_overhead_mb"], 1.0), 2),
                 "peak_memory": round(by["dpsgd"]["peak_rss_mb"] / by[zo]["peak_rss_mb"], 2),
+                "peak_over_inference": {"dpsgd": by["dpsgd"]["peak_over_inference"],
+                                        zo: by[zo]["peak_over_inference"]},
                 "step_time": round(by["dpsgd"]["s_per_step"] / by[zo]["s_per_step"], 2)}
     result = {"benchmark": "dp_memory", "model": args.model, "batch": args.batch, "steps": args.steps,
               "trainable": f"lora r=8 q,v, {'top ' + str(args.lora_layers) if args.lora_layers else 'all'} blocks",
