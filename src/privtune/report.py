@@ -66,6 +66,12 @@ class RunInfo:
 
     def group_key(self) -> str:
         d = json.loads(json.dumps(self.cfg))
+        try:  # fill in defaults, so configs written before a field existed group with newer ones
+            from . import config as C
+
+            d = C.build(d).model_dump(mode="json")
+        except Exception:  # a config this version cannot build: group on its text as written
+            pass
         d.pop("out_dir", None)
         d.get("train", {}).pop("seed", None)
         return json.dumps(d, sort_keys=True)
@@ -144,14 +150,24 @@ def frontier_png(rows: list[dict], runs: list[RunInfo]) -> bytes:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (ax, bx) = plt.subplots(1, 2, figsize=(13, 5), gridspec_kw={"width_ratios": [3, 2]})
+    many = len(rows) > 4
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(13, 6.5 if many else 5), gridspec_kw={"width_ratios": [3, 2]})
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    markers = "osD^vP*Xh<>"
     color = {}
-    for i, g in enumerate(sorted(rows, key=lambda g: (g["bound"], g["label"]))):
+    ordered = sorted(rows, key=lambda g: (g["bound"], g["label"]))
+    at = {}  # groups sharing a bound are spread a little along x so that none hides another
+    for g in ordered:
+        at.setdefault(round(g["bound"], 2), []).append(g["label"])
+    for i, g in enumerate(ordered):
         c = color[g["label"]] = color.get(g["label"], colors[i % len(colors)])
-        ax.errorbar(g["bound"], g["accuracy"], xerr=g["bound_std"] or None, yerr=g["accuracy_std"] or None,
-                    fmt="o", ms=8, capsize=5, color=c, label=f"{g['label']} (n={g['seeds']})")
-        ax.annotate(g["label"], (g["bound"], g["accuracy"]), textcoords="offset points", xytext=(8, 6), fontsize=9)
+        peers = at[round(g["bound"], 2)]
+        dx = (peers.index(g["label"]) - (len(peers) - 1) / 2) * 0.008
+        ax.errorbar(g["bound"] + dx, g["accuracy"], xerr=g["bound_std"] or None, yerr=g["accuracy_std"] or None,
+                    fmt=markers[i % len(markers)], ms=8, capsize=5, color=c, label=f"{g['label']} (n={g['seeds']})")
+        if not many:
+            ax.annotate(g["label"], (g["bound"], g["accuracy"]), textcoords="offset points", xytext=(8, 6),
+                        fontsize=9)
     ax.set_xlim(0.48, 1.02)
     lo = min(g["accuracy"] - g["accuracy_std"] for g in rows)
     hi = max(g["accuracy"] + g["accuracy_std"] for g in rows)
@@ -162,7 +178,10 @@ def frontier_png(rows: list[dict], runs: list[RunInfo]) -> bytes:
     ax.set_ylabel("eval accuracy (mean ± std over seeds)")
     ax.set_title("Privacy–utility frontier")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
+    if many:
+        ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=3, frameon=False)
+    else:
+        ax.legend(fontsize=8, loc="lower right")
 
     bx.plot([0.5, 1.0], [0.5, 1.0], color="grey", lw=1, ls="--", label="measured = proven bound")
     for r in runs:
