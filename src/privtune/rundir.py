@@ -102,21 +102,14 @@ def truncate_jsonl(path: Path, keep) -> None:
     atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
 
 
-def sweep_temp(run: Path) -> int:
+def sweep_temp(run: Path) -> None:
     """Remove what an interrupted atomic write left behind (hidden temp files and `.model-*` dirs) in a run dir and
-    its state/. Called on resume only, when this process is the run's one writer. Returns how many were removed."""
+    its state/. Called on resume only, when this process is the run's one writer."""
     import shutil
 
-    n = 0
     for d in (Path(run), Path(run) / STATE_DIR):
-        if not d.is_dir():
-            continue
-        for f in d.glob(".*"):
+        for f in d.glob(".*") if d.is_dir() else ():
             if f.is_dir() and f.name.startswith(".model-"):
                 shutil.rmtree(f, ignore_errors=True)
             elif f.is_file():
                 f.unlink(missing_ok=True)
-            else:
-                continue
-            n += 1
-    return n

@@ -140,16 +140,31 @@ def save_checkpoint(run: Path, setup: Setup, step: int) -> None:
             old.unlink(missing_ok=True)
 
 
-def load_checkpoint(run: Path, setup: Setup) -> int:
+def _read_state(run: Path) -> dict | None:
+    """state/state.json (the checkpoint pointer: step and weights file), or None before the first checkpoint."""
     import json
 
     path = run / R.STATE_DIR / "state.json"
+    if not path.exists():
+        return None
     try:
         st = json.loads(path.read_text())
+        return {"step": int(st["step"]), "weights": str(st["weights"])}
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise PrivtuneError(f"{path}: unreadable resume state ({type(e).__name__})") from None
+
+
+def load_checkpoint(run: Path, setup: Setup) -> int:
+    """Load θ from the last checkpoint; returns its step (0, θ untouched, when there is none)."""
+    st = _read_state(run)
+    if st is None:
+        return 0
+    try:
         load_trainable_state(setup.sel, R.load_tensors(run / R.STATE_DIR / st["weights"]))
     except (OSError, ValueError, KeyError) as e:
-        raise PrivtuneError(f"{path}: unreadable resume state ({type(e).__name__})") from None
-    return int(st["step"])
+        raise PrivtuneError(f"{run / R.STATE_DIR / 'state.json'}: unreadable resume state ({type(e).__name__})"
+                            ) from None
+    return st["step"]
 
 
 def save_model(run: Path, setup: Setup, extra: dict | None = None) -> None:
@@ -247,6 +262,7 @@ def _train(cfg, *, resume: bool, callback: Callback | None, stop_after: int | No
     steps = cfg.train.steps
     ledger = key = None
     run_id = ""
+    recorded: list[dict] = []  # rank 0: the transcript as found (read once per invocation)
 
     def open_run():  # rank 0 only: the ledger and the secret key never leave it
         nonlocal ledger, key, run_id
@@ -276,13 +292,14 @@ def _train(cfg, *, resume: bool, callback: Callback | None, stop_after: int | No
         raise
 
     def begin():  # rank 0: the resume point (θ, private state, metrics cut back) or a fresh run dir
-        nonlocal ledger
+        nonlocal ledger, recorded
         if resume:
-            start = load_checkpoint(out, setup) if (out / R.STATE_DIR / "state.json").exists() else 0
+            start = load_checkpoint(out, setup)
+            recorded = R.read_jsonl(out / R.TRANSCRIPT, repair=True)
             before = []
             if start < steps:  # a finished run takes no more steps: its mechanism state is not needed
                 method.load_private_state(_load_private(run_id, start))
-                before = [r for r in R.read_jsonl(out / R.TRANSCRIPT, repair=True) if int(r["step"]) < start]
+                before = [r for r in recorded if int(r["step"]) < start]
             R.truncate_jsonl(out / R.METRICS, lambda r: start > 0 and r.get("step", -1) <= start)
         else:
             try:
@@ -301,7 +318,7 @@ def _train(cfg, *, resume: bool, callback: Callback | None, stop_after: int | No
         dist.broadcast_tensors([p for _, p in setup.sel.params])  # θ at the checkpoint, from rank 0
     if method is not None and start < steps:
         method.resume(start, before)
-    done = {int(r["step"]): r for r in R.read_jsonl(out / R.TRANSCRIPT, repair=True)} if main else {}
+    done = {int(r["step"]): r for r in recorded}
 
     _emit(callback, {"event": "start", "step": start, "steps": steps, "out_dir": str(out)})
     t0 = time.time()
@@ -416,13 +433,8 @@ def _save_private(run_id: str, step: int, method: Method, run: Path) -> None:
 
 def _checkpoint_step(run: Path) -> int:
     """The step state/state.json points at (0 when there is no checkpoint yet)."""
-    import json
-
-    path = run / R.STATE_DIR / "state.json"
-    try:
-        return int(json.loads(path.read_text())["step"]) if path.exists() else 0
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise PrivtuneError(f"{path}: unreadable resume state ({type(e).__name__})") from None
+    st = _read_state(run)
+    return 0 if st is None else st["step"]
 
 
 def _load_private(run_id: str, step: int) -> dict:

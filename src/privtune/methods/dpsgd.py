@@ -87,11 +87,6 @@ class DPSGD(dpzero.DPZero):
     def __repr__(self) -> str:
         return f"DPSGD(σ={self.sigma:.4g}, C={self.cfg.clip}, ε={self.epsilon:.4g})"
 
-    @property
-    def noise_std(self) -> float:
-        """Standard deviation of the noise on each coordinate of ĝ: σC/B."""
-        return self.sigma * self.cfg.clip / self.cfg.batch_size if self.sigma > 0 else 0.0
-
     # ------------------------------------------------------------------------------------------------- step
     def per_sample_grads(self, idx: list[int]) -> None:
         """Fill p.grad_sample [|idx|, *p.shape] with the per-example gradients of the summed verbalizer CE, rows in
