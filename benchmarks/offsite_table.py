@@ -6,6 +6,9 @@ into the full model), full fine-tuned (the same adapter blocks trained on the fu
 (plug-in − emulator zero-shot), emulator size and build time, and the cosine similarity of the adapter gradient on
 the emulator vs the full model (one calibration batch, at the initial adapters).
 
+Variants NAME+distill also distil the emulator's middle (Offsite-Tuning §3.3, privtune.offsite.distill) on a public
+corpus the model owner holds: by default the other built-in task's train texts, labels unused (never the tuned task).
+
 Accuracy is on the first --eval examples of the task's eval split (SST-2 dev / AG News test, file order).
 Each stage's result is stored as soon as it exists (resumable: a finished stage is not recomputed).
 
@@ -25,6 +28,7 @@ import torch
 
 from privtune.data import load_task
 from privtune.models import load_model
+from privtune.offsite import distill as D
 from privtune.offsite import emulator as E
 from privtune.offsite import forward as FW
 from privtune.offsite import plug as P
@@ -44,7 +48,12 @@ def main():
     ap.add_argument("--calib", type=int, default=32)
     ap.add_argument("--lam", type=float, default=0.5)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--methods", default="uniform-drop,gradot")
+    ap.add_argument("--methods", default="uniform-drop,gradot,uniform-drop+distill,gradot+distill",
+                    help="emulator builders; NAME+distill also distils the middle on --distill-corpus")
+    ap.add_argument("--distill-corpus", default=None, help="default: the other built-in task (never the tuned one)")
+    ap.add_argument("--distill-texts", type=int, default=512)
+    ap.add_argument("--distill-steps", type=int, default=150)
+    ap.add_argument("--distill-lr", type=float, default=2e-4)
     ap.add_argument("--out", default="benchmarks/results/offsite.json")
     a = ap.parse_args()
     torch.set_num_threads(2)
@@ -101,18 +110,25 @@ def main():
 
     stage("full_zero_shot", lambda: acc(lm.model))
 
+    corpus = a.distill_corpus or next(t for t in ("agnews", "sst2") if t != a.task)
     for method in a.methods.split(","):
-        if f"{method}/plug_in" in res:
+        builder, _, variant = method.partition("+")
+        dopt = D.DistillOptions(corpus=corpus, texts=a.distill_texts, steps=a.distill_steps, lr=a.distill_lr,
+                                seed=a.seed) if variant == "distill" else None
+        recorded = res.get(f"{method}/emulator", {}).get("distill")
+        if f"{method}/plug_in" in res and (dopt is None or recorded == D.asdict(dopt)):
             continue
         for k in [k for k in res if k.startswith(method + "/")]:  # a method's stages are redone together
             del res[k]
-        opt = E.BuildOptions(method=method, adapters=a.adapters, ratio=a.ratio, task=a.task, calib=a.calib,
-                             lam=a.lam, seed=a.seed)
+        opt = E.BuildOptions(method=builder, adapters=a.adapters, ratio=a.ratio, task=a.task, calib=a.calib,
+                             lam=a.lam, seed=a.seed, distill=dopt)
         t0 = time.perf_counter()
-        emu, manifest, state = E.build(lm, opt)
+        measured = {}
+        emu, manifest, state = E.build(lm, opt, measured=measured)
         built = time.perf_counter() - t0
         emu_map = T.adapter_map(manifest)
         res[f"{method}/emulator"] = {"build_seconds": round(built, 1), "params": manifest["params"],
+                                     **({"distill": D.asdict(dopt), **measured} if dopt else {}),
                                      "emulator_mb": round(sum(t.numel() * t.element_size() for t in state.values()) / 2**20, 2),
                                      "blocks": [{k: b[k] for k in ("source", "role", "ranks") if k in b}
                                                 | ({"channels": len(b["channels"])} if "channels" in b else {})
@@ -148,6 +164,8 @@ def main():
             "emulator_mb": res[f"{method}/emulator"]["emulator_mb"],
             "build_seconds": res[f"{method}/emulator"]["build_seconds"],
             "grad_cosine": res[f"{method}/grad_cosine"]["cosine"],
+            **({"distill_held_out_nmse": res[f"{method}/emulator"]["distill_held_out_nmse"]}
+               if "distill_held_out_nmse" in res[f"{method}/emulator"] else {}),
         }
     res["table"] = table
     save()

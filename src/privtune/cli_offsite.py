@@ -31,14 +31,26 @@ def build(
     lam: float = typer.Option(0.5, "--lam", help="gradot: GCS λ (weight of the loss-increase term)"),
     keep_top: float = typer.Option(0.05, "--keep-top", help="gradot DRD: top fraction of rank always kept"),
     seed: int = typer.Option(0, "--seed"),
+    distill_corpus: Optional[str] = typer.Option(
+        None, "--distill-corpus", help="distil the middle on this public corpus: a task name (its train texts, "
+        "labels unused) or a text file, one text per line; never the data owner's data"),
+    distill_texts: int = typer.Option(512, "--distill-texts", help="texts drawn from the corpus"),
+    distill_max_tokens: int = typer.Option(64, "--distill-max-tokens", help="tokens kept per text"),
+    distill_steps: int = typer.Option(200, "--distill-steps"),
+    distill_batch: int = typer.Option(8, "--distill-batch"),
+    distill_lr: float = typer.Option(1e-4, "--distill-lr"),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ):
     """Build an emulator folder (emulator.safetensors + manifest.json) from the full model."""
+    from .offsite import distill as D
     from .offsite import emulator as E
 
     cli = _cli()
+    dopt = None if distill_corpus is None else D.DistillOptions(
+        corpus=distill_corpus, texts=distill_texts, max_tokens=distill_max_tokens, steps=distill_steps,
+        batch_size=distill_batch, lr=distill_lr, seed=seed)
     opt = E.BuildOptions(method=method, adapters=adapters, ratio=ratio, task=task, calib=calib, lam=lam,
-                         keep_top=keep_top, seed=seed)
+                         keep_top=keep_top, seed=seed, distill=dopt)
     if method not in E.METHODS:  # before loading a model
         cli._fail(f"--method: {method!r} is not one of {', '.join(E.METHODS)}")
     result = cli._run(lambda: E.build_folder(model, opt, out, cli._Progress("build", quiet)))

@@ -35,6 +35,7 @@ from ..errors import ConfigError, PrivtuneError
 from ..models import HashCodec, HFCodec, LoadedModel, load_model
 from ..rundir import atomic_save_tensors, atomic_write_text, fsync_dir, load_tensors
 from . import forward as FW
+from . import distill as D
 from . import gcs as GCS
 
 FORMAT = "privtune-offsite-emulator/1"
@@ -68,6 +69,7 @@ class BuildOptions:
     keep_top: float = 0.05  # DRD: this top fraction of each projection's rank is always kept
     seed: int = 0
     micro_batch: int = 8
+    distill: "D.DistillOptions | None" = None  # train the middle to match the full middle (Offsite-Tuning §3.3)
 
 
 def check_options(opt: BuildOptions, n_layers: int) -> None:
@@ -88,6 +90,8 @@ def check_options(opt: BuildOptions, n_layers: int) -> None:
         raise ConfigError(f"--calib: must be >= 1, got {opt.calib!r}")
     if opt.seed < 0:
         raise ConfigError(f"--seed: must be >= 0, got {opt.seed!r}")
+    if opt.distill is not None:
+        D.check_options(opt.distill)
 
 
 # ------------------------------------------------------------------------------------------------ identity
@@ -262,8 +266,10 @@ def _linear_weight(mod) -> torch.Tensor:
     return mod.weight.detach()
 
 
-def build(lm: LoadedModel, opt: BuildOptions, callback=None) -> tuple[nn.Module, dict, dict[str, torch.Tensor]]:
-    """(emulator model, manifest, emulator state) built from the full model `lm` (not modified)."""
+def build(lm: LoadedModel, opt: BuildOptions, callback=None,
+          measured: dict | None = None) -> tuple[nn.Module, dict, dict[str, torch.Tensor]]:
+    """(emulator model, manifest, emulator state) built from the full model `lm` (not modified). What is measured
+    while building (the distillation fit) goes into `measured`, kept out of the reproducible manifest."""
     layers = lm.model.model.layers
     L = len(layers)
     check_options(opt, L)
@@ -272,6 +278,7 @@ def build(lm: LoadedModel, opt: BuildOptions, callback=None) -> tuple[nn.Module,
     emit = callback or (lambda ev: None)
     blocks: list[dict] = []
     extra: dict = {}
+    extra_build = measured if measured is not None else {}
     if opt.method == "uniform-drop":
         kept_mid = uniform_keep(L, n, opt.ratio)
         for src in first + kept_mid + last:
@@ -313,6 +320,11 @@ def build(lm: LoadedModel, opt: BuildOptions, callback=None) -> tuple[nn.Module,
     config = _config_dict(lm.model.config, len(blocks))
     emu = skeleton(config, blocks)
     _copy_weights(lm.model, emu, blocks)
+    if opt.distill is not None:
+        fit = D.distill(lm.model, emu, {"adapters": {"first": first}, "blocks": blocks}, lm.codec, opt.distill,
+                        callback)
+        extra["distill"] = {"corpus": fit["corpus"], "options": fit["options"], "texts_used": fit["texts_used"]}
+        extra_build["distill_held_out_nmse"] = fit["held_out_nmse"]
     ident = model_identity(lm)
     mid_full = sum(block_params(layers[i]) for i in range(n, L - n))
     mid_emu = sum(block_params(emu.model.layers[b["index"]]) for b in blocks if b["role"] == "middle")
@@ -406,9 +418,10 @@ def build_folder(model: str, opt: BuildOptions, out: Path, callback=None) -> dic
     lm = load_model(model)
     check_options(opt, len(lm.model.model.layers))
     t0 = time.perf_counter()
-    emu, manifest, state = build(lm, opt, callback)
+    measured: dict = {}
+    emu, manifest, state = build(lm, opt, callback, measured)
     seconds = time.perf_counter() - t0
-    info = {"build_seconds": round(seconds, 3), "emulator_params": manifest["params"]["emulator"],
+    info = {"build_seconds": round(seconds, 3), **measured, "emulator_params": manifest["params"]["emulator"],
             "emulator_mb": round(sum(t.numel() * t.element_size() for t in state.values()) / 2**20, 3)}
     save(out, lm, manifest, state, info)
     return {"out": str(out), "method": opt.method, **info, "params": manifest["params"]}

@@ -23,19 +23,28 @@ def pad_batch(batch: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.
     return ids, attn
 
 
+def geometry(model, attn: torch.Tensor, h: torch.Tensor) -> dict:
+    """What every block needs besides h: the additive causal+padding mask, position ids, rotary embeddings."""
+    T = attn.shape[1]
+    allowed = torch.ones((T, T), dtype=torch.bool).tril()[None] & attn[:, None, :].bool()
+    mask = torch.zeros(allowed.shape, dtype=h.dtype).masked_fill(~allowed, torch.finfo(h.dtype).min)[:, None]
+    pos = (attn.cumsum(-1) - 1).clamp(min=0)
+    return {"attention_mask": mask, "position_ids": pos, "position_embeddings": model.model.rotary_emb(h, pos)}
+
+
+def run_blocks(layers, h: torch.Tensor, geo: dict) -> torch.Tensor:
+    for layer in layers:
+        h = layer(h, **geo)
+        h = h[0] if isinstance(h, tuple) else h
+    return h
+
+
 def verbalizer_logits(model, batch: list[list[int]], verb: list[int], pad_id: int = 0) -> torch.Tensor:
     """[B, C] float logits of the verbalizer tokens after each prompt in `batch` (token id lists)."""
     base = model.model
     ids, attn = pad_batch(batch, pad_id)
     h = base.embed_tokens(ids)
-    T = ids.shape[1]
-    allowed = torch.ones((T, T), dtype=torch.bool).tril()[None] & attn[:, None, :].bool()
-    mask = torch.zeros(allowed.shape, dtype=h.dtype).masked_fill(~allowed, torch.finfo(h.dtype).min)[:, None]
-    pos = (attn.cumsum(-1) - 1).clamp(min=0)
-    pe = base.rotary_emb(h, pos)
-    for layer in base.layers:
-        h = layer(h, attention_mask=mask, position_ids=pos, position_embeddings=pe)
-        h = h[0] if isinstance(h, tuple) else h
+    h = run_blocks(base.layers, h, geometry(model, attn, h))
     head = model.get_output_embeddings().weight[torch.as_tensor(verb)]
     return (base.norm(h[:, -1]) @ head.T).float()
 
