@@ -21,7 +21,8 @@ def replay(run_dir: str | Path, callback: Callable[[dict], None] | None = None) 
     if not (run / R.CONFIG).is_file():
         raise PrivtuneError(f"{run}: not a privtune run directory (no {R.CONFIG})")
     cfg = C.build(C.load_yaml(run / R.CONFIG))
-    setup = prepare(cfg, need_pool=False, need_eval=False, z_kernel=recorded_z_kernel(run), z_recorded_in=run / R.ENGINE)
+    setup = prepare(cfg, need_pool=False, need_eval=False, z_kernel=recorded_z_kernel(run),
+                    z_recorded_in=run / R.ENGINE)  # the run's z backend (zo.kernels), not the config's
     lines = R.read_jsonl(run / R.TRANSCRIPT)
     for n, line in enumerate(lines):
         if line.get("step") != n:

@@ -35,7 +35,6 @@ from pathlib import Path
 import torch
 
 from privtune import config as C
-from privtune.replay import replay, verify
 from privtune.train import encode_examples, prepare, train
 from privtune.zo.engine import Direction
 from privtune.zo.kernels import TritonZ, interpreting
@@ -87,7 +86,10 @@ res["engine"]["z"] = {n: (zb.draw(5, i, p), zb.draw(6, i, p)) for i, (n, p) in e
 train(C.build(cfgs["a"]))
 train(C.build(cfgs["b"]), stop_after=1)
 train(C.build(cfgs["b"]), resume=True)
-res["replay"] = verify(cfgs["a"]["out_dir"], replay(cfgs["a"]["out_dir"]))
+from typer.testing import CliRunner
+from privtune.cli import app
+r = CliRunner().invoke(app, ["replay", cfgs["a"]["out_dir"], "--verify"])
+res["replay"] = (r.exit_code, r.stdout)
 torch.save(res, out / "kernels.pt")
 """
 
@@ -170,7 +172,7 @@ def test_fused_engine_keeps_theta_and_perturbs_by_the_kernel(interp):
 
 
 def test_fused_update_is_the_engine_update(interp):
-    """θ ← θ − lr·(Σ_k c_k z_k + λθ), decay on matrices only (as the torch path), in float32 up to rounding."""
+    """θ ← θ − lr·(Σ_k c_k z_k + λθ), decay on matrices only (as on the torch path), up to float32 rounding."""
     e = interp[1]["engine"]
     lr, wd = 1e-2, 0.1
     kinds = set()
@@ -186,7 +188,8 @@ def test_fused_update_is_the_engine_update(interp):
 
 def test_triton_run_replays_and_resumes_bitwise(interp):
     work = interp[0]
-    assert interp[1]["replay"][0], interp[1]["replay"][1]
+    code, out = interp[1]["replay"]  # privtune replay --verify, under the interpreter
+    assert code == 0 and "all 10 tensors bit-identical" in out, out
     assert json.loads((work / "a" / "engine.json").read_text())["z_kernel"] == "triton"
     from privtune import rundir as R
 
@@ -212,7 +215,8 @@ def test_replay_and_resume_refuse_without_triton(interp, monkeypatch):
         r = CliRunner().invoke(app, args)
         assert r.exit_code == 2, (args, r.output)
         lines = r.stderr.strip().splitlines()
-        assert len(lines) == 1 and lines[0].startswith("error: train.z_kernel: the run used the 'triton' z kernel"), r.stderr
+        assert len(lines) == 1, r.stderr
+        assert lines[0].startswith("error: train.z_kernel: the run used the 'triton' z kernel"), r.stderr
 
 
 # ------------------------------------------------------------------------------- selection (no triton needed)

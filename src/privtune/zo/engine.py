@@ -129,7 +129,8 @@ class ZOEngine:
         return post
 
     def _z(self, seed: int, i: int, p: torch.Tensor) -> torch.Tensor:
-        """z_i for `seed`, drawn once and shared by every direction (±) and chunk that needs it."""
+        """z_i for `seed`, drawn once and shared by every direction (±) and chunk that needs it (torch backend; the
+        fused backend banks nothing: its kernels regenerate z)."""
         if self._bank_seed != seed:
             self._bank.clear()
             self._bank_seed = seed
