@@ -98,6 +98,7 @@ class TrainCfg(Strict):
     checkpoint_every: PosInt = 50
     micro_batch: PosInt = 64
     prefix_cache: bool = True
+    z_kernel: Literal["auto", "torch", "triton"] = "auto"  # z backend (zo.kernels); auto = triton on CUDA
 
 
 class RunCfg(Strict):

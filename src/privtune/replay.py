@@ -15,13 +15,14 @@ from .trainable import trainable_state
 
 
 def replay(run_dir: str | Path, callback: Callable[[dict], None] | None = None) -> dict[str, torch.Tensor]:
-    from .train import prepare
+    from .train import prepare, recorded_z_kernel
 
     run = Path(run_dir)
     if not (run / R.CONFIG).is_file():
         raise PrivtuneError(f"{run}: not a privtune run directory (no {R.CONFIG})")
     cfg = C.build(C.load_yaml(run / R.CONFIG))
-    setup = prepare(cfg, need_pool=False, need_eval=False)
+    setup = prepare(cfg, need_pool=False, need_eval=False, z_kernel=recorded_z_kernel(run),
+                    z_recorded_in=run / R.ENGINE)  # the run's z backend (zo.kernels), not the config's
     lines = R.read_jsonl(run / R.TRANSCRIPT)
     for n, line in enumerate(lines):
         if line.get("step") != n:

@@ -6,6 +6,7 @@ out_dir/
   transcript.jsonl   per step: public seeds and released scalars/signs — enough to rebuild the model
   privacy.json       the privacy ledger (written only by privtune.ledger)
   eval.json          accuracy on the public eval split
+  engine.json        the resolved z backend (train.z_kernel: torch | triton); resume and replay use the same one
   state/             resume state: trainable-<step>.safetensors + state.json (pointer, written last)
   model/             final trainable weights (safetensors) + manifest.json
 """
@@ -22,6 +23,7 @@ from safetensors.torch import load_file, save_file
 
 CONFIG, METRICS, TRANSCRIPT, PRIVACY, EVAL = "config.yaml", "metrics.jsonl", "transcript.jsonl", "privacy.json", "eval.json"
 STATE_DIR, MODEL_DIR = "state", "model"
+ENGINE = "engine.json"
 
 
 def fsync_dir(path: Path) -> None:

@@ -31,6 +31,7 @@ from .ledger import Ledger
 from .methods import Method, method_class
 from .models import LoadedModel, load_model, resolve_device
 from .trainable import LoraSpec, Selection, load_trainable_state, select, trainable_state
+from .zo import kernels as Z
 from .zo.engine import Encoded, ZOEngine, accuracy
 
 log = logging.getLogger(__name__)
@@ -87,16 +88,21 @@ def encode_examples(setup: Setup, examples) -> Encoded:
     return setup.engine.encode(ids, [ex.label for ex in examples], disk_key=key)
 
 
-def prepare(cfg, *, need_pool: bool = True, need_eval: bool = True, callback: Callback | None = None) -> Setup:
-    """Everything that can fail on user input happens here, before anything is written to disk."""
+def prepare(cfg, *, need_pool: bool = True, need_eval: bool = True, callback: Callback | None = None,
+            z_kernel: str | None = None, z_recorded_in: Path | None = None) -> Setup:
+    """Everything that can fail on user input happens here, before anything is written to disk.
+    `z_kernel`: the z backend a run recorded (resume, replay; read from `z_recorded_in`) instead of train.z_kernel."""
+    device = resolve_device(cfg.model.device)
+    zk = Z.resolve(cfg.train.z_kernel if z_kernel is None else z_kernel, device,
+                   recorded_in=None if z_recorded_in is None else str(z_recorded_in))
     task = build_task(cfg)
     lm, sel = build_model(cfg)
     verb = lm.codec.verbalizer_ids(task.verbalizer)
     n_labels = max(ex.label for ex in task.train + task.eval) + 1
     if n_labels > len(verb):
         raise ConfigError(f"task.verbalizer: {len(verb)} entries but the data has {n_labels} labels")
-    device = resolve_device(cfg.model.device)
-    engine = ZOEngine(sel, verb, device=device, micro_batch=cfg.train.micro_batch, use_cache=cfg.train.prefix_cache)
+    engine = ZOEngine(sel, verb, device=device, micro_batch=cfg.train.micro_batch, use_cache=cfg.train.prefix_cache,
+                      z_kernel=zk)
     setup = Setup(cfg, task, lm, sel, engine, verb)
     if need_pool:
         setup.pool_index = balanced_pool(task.train, cfg.task.pool_size, cfg.train.seed)
@@ -121,6 +127,28 @@ def add_canaries(task: Task, pool_index: list[int], n: int, seed: int) -> dict:
     pool_index.extend(start + j for j, inc in enumerate(included) if inc)
     return {"template": CANARY_TEMPLATE, "seed": seed, "texts": [c.text for c in canaries],
             "labels": [c.label for c in canaries], "included": included}
+
+
+def recorded_z_kernel(run: Path) -> str:
+    """The z backend a run recorded in engine.json; runs from before train.z_kernel existed used torch."""
+    import json
+
+    path = run / R.ENGINE
+    if not path.exists():
+        return "torch"
+    try:
+        name = json.loads(path.read_text())["z_kernel"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise PrivtuneError(f"{path}: unreadable ({type(e).__name__})") from None
+    if name not in ("torch", "triton"):
+        raise PrivtuneError(f"{path}: unknown z_kernel {name!r}")
+    return name
+
+
+def engine_record(setup: Setup) -> dict:
+    """engine.json of a new run: the resolved z backend (and triton's version, whose tl.randn defines z)."""
+    zk = setup.engine.z_kernel
+    return {"z_kernel": zk, "triton": Z.triton_version() if zk == "triton" else None}
 
 
 def _emit(callback: Callback | None, event: dict) -> None:
@@ -253,11 +281,11 @@ def _train(cfg, *, resume: bool, callback: Callback | None, stop_after: int | No
         check_out_dir(out, resume)
         if resume:
             R.sweep_temp(out)  # temp files of writes a kill interrupted
-        return C.load_yaml(out / R.CONFIG) if resume else None
-    saved = dist.from_main(resolve)
+        return (C.load_yaml(out / R.CONFIG), recorded_z_kernel(out)) if resume else (None, None)
+    saved, zk = dist.from_main(resolve)
     if saved is not None:
         cfg = C.build(saved)
-    setup = prepare(cfg, callback=callback)
+    setup = prepare(cfg, callback=callback, z_kernel=zk, z_recorded_in=out / R.ENGINE if resume else None)
     cls = method_class(cfg.method.name)
     steps = cfg.train.steps
     ledger = key = None
@@ -303,7 +331,9 @@ def _train(cfg, *, resume: bool, callback: Callback | None, stop_after: int | No
             R.truncate_jsonl(out / R.METRICS, lambda r: start > 0 and r.get("step", -1) <= start)
         else:
             try:
-                extra = {"canaries.json": setup.canaries} if setup.canaries is not None else {}
+                extra = {R.ENGINE: engine_record(setup)}
+                if setup.canaries is not None:
+                    extra["canaries.json"] = setup.canaries
                 ledger = _create_run_dir(out, cfg, method, run_id, extra)  # audit mode: canaries + inclusion
             except BaseException:
                 if key is not None:

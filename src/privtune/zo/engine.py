@@ -71,13 +71,19 @@ _LAST_POS_OK = {"LlamaDecoderLayer", "MistralDecoderLayer"}
 
 class ZOEngine:
     def __init__(self, selection: Selection, verbalizer_ids: list[int], device: torch.device | str = "cpu",
-                 micro_batch: int = 64, use_cache: bool = True, keep_z: bool | None = None):
+                 micro_batch: int = 64, use_cache: bool = True, keep_z: bool | None = None,
+                 z_kernel: str = "torch"):
+        from .kernels import backend, resolve
+
         self.sel = selection
         self.model = selection.model
         self.params = selection.params
         self.device = torch.device(device)
         self.micro_batch = int(micro_batch)
         self.verb = torch.tensor(verbalizer_ids, dtype=torch.long, device=self.device)
+        # Where z comes from (zo.kernels): torch (z materialized, banked) or triton (fused, z never stored).
+        self.z_kernel = resolve(z_kernel, self.device)
+        self.zb = backend(self.z_kernel)
         self.base, self.layers = decoder_parts(self.model)
         inner = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
         head = inner.get_output_embeddings()
@@ -87,8 +93,10 @@ class ZOEngine:
         n_train = sum(p.numel() for _, p in self.params)
         n_all = sum(p.numel() for p in self.model.parameters())
         # Keep the step's z between the ± passes and the update when it costs ≤ 10% of the model's memory:
-        # one draw of z per step instead of two. Otherwise z lives one layer at a time.
+        # one draw of z per step instead of two. Otherwise z lives one layer at a time. The fused backend keeps
+        # no z at all: it regenerates z inside the kernel that uses it.
         self.keep_z = (n_train <= 0.1 * n_all) if keep_z is None else bool(keep_z)
+        self.keep_z = self.keep_z and not self.zb.fused
         # The last block computed only at the last position (keys/values still for all positions): exact for
         # Llama-style blocks, whose loss needs nothing else.
         self.last_position_only = bool(self.layers is not None and type(self.layers[-1]).__name__ in _LAST_POS_OK)
@@ -121,13 +129,16 @@ class ZOEngine:
         return post
 
     def _z(self, seed: int, i: int, p: torch.Tensor) -> torch.Tensor:
-        """z_i for `seed`, drawn once and shared by every direction (±) and chunk that needs it."""
+        """z_i for `seed`, drawn once and shared by every direction (±) and chunk that needs it (torch backend; the
+        fused backend banks nothing: its kernels regenerate z)."""
         if self._bank_seed != seed:
             self._bank.clear()
             self._bank_seed = seed
         z = self._bank.get(i)
         if z is None:
-            z = self._bank[i] = Direction.draw(seed, i, p)
+            z = self.zb.draw(seed, i, p)
+            if not self.zb.fused:
+                self._bank[i] = z
         return z
 
     def _value(self, p: torch.Tensor) -> torch.Tensor:
@@ -136,7 +147,10 @@ class ZOEngine:
             return p
         v = d.values.get(i)
         if v is None:
-            v = d.values[i] = torch.add(p.detach(), self._z(d.seed, i, p), alpha=d.scale)
+            if self.zb.fused:  # p + scale·z in one kernel: z never exists in memory
+                v = d.values[i] = self.zb.perturbed(p, d.seed, i, d.scale)
+            else:
+                v = d.values[i] = torch.add(p.detach(), self._z(d.seed, i, p), alpha=d.scale)
         return v
 
     def _forget(self, directions, keep: set[int] = frozenset()) -> None:
@@ -391,11 +405,13 @@ class ZOEngine:
     @torch.no_grad()
     def apply_update(self, updates: list[tuple[int, float]], lr: float, weight_decay: float = 0.0) -> None:
         """θ ← θ − lr·(Σ_k c_k·z_k + λθ); weight decay only on matrices (not norms or biases), as MeZO does."""
+        if self.zb.fused:
+            return self._apply_fused(updates, lr, weight_decay)
         for i, (_, p) in enumerate(self.params):
             step = None
             for seed, coeff in updates:
                 kept = self._bank.pop(i, None) if self._bank_seed == seed else None  # z kept from the ± passes
-                z = kept if kept is not None else Direction.draw(seed, i, p)
+                z = kept if kept is not None else self.zb.draw(seed, i, p)
                 step = z.mul_(float(coeff)) if step is None else step.add_(z, alpha=float(coeff))
             if step is None:
                 continue
@@ -404,6 +420,14 @@ class ZOEngine:
             p.sub_(step, alpha=float(lr))
         self._bank.clear()
         self._bank_seed = None
+
+    def _apply_fused(self, updates: list[tuple[int, float]], lr: float, weight_decay: float) -> None:
+        """The same update with the fused kernel, one in-place sweep per direction: the first applies the decay
+        factor (1 − lr·λ) to θ as it was before the step, then θ += (−lr·c_k)·z_k."""
+        for i, (_, p) in enumerate(self.params):
+            decay = 1.0 - float(lr) * float(weight_decay) if (weight_decay and p.ndim >= 2) else 1.0
+            for k, (seed, coeff) in enumerate(updates):
+                self.zb.axpy_(p, seed, i, -float(lr) * float(coeff), decay if k == 0 else 1.0)
 
 
 def zo_scalars(lp: torch.Tensor, lm: torch.Tensor, eps: float) -> torch.Tensor:
