@@ -22,6 +22,7 @@ import argparse
 import json
 import platform
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -116,7 +117,7 @@ def main():
         dopt = D.DistillOptions(corpus=corpus, texts=a.distill_texts, steps=a.distill_steps, lr=a.distill_lr,
                                 seed=a.seed) if variant == "distill" else None
         recorded = res.get(f"{method}/emulator", {}).get("distill")
-        if f"{method}/plug_in" in res and (dopt is None or recorded == D.asdict(dopt)):
+        if f"{method}/plug_in" in res and (dopt is None or recorded == asdict(dopt)):
             continue
         for k in [k for k in res if k.startswith(method + "/")]:  # a method's stages are redone together
             del res[k]
@@ -128,7 +129,7 @@ def main():
         built = time.perf_counter() - t0
         emu_map = T.adapter_map(manifest)
         res[f"{method}/emulator"] = {"build_seconds": round(built, 1), "params": manifest["params"],
-                                     **({"distill": D.asdict(dopt), **measured} if dopt else {}),
+                                     **({"distill": asdict(dopt), **measured} if dopt else {}),
                                      "emulator_mb": round(sum(t.numel() * t.element_size() for t in state.values()) / 2**20, 2),
                                      "blocks": [{k: b[k] for k in ("source", "role", "ranks") if k in b}
                                                 | ({"channels": len(b["channels"])} if "channels" in b else {})

@@ -62,10 +62,11 @@ def corpus_texts(opt: DistillOptions) -> tuple[list[str], dict]:
         if not path.is_file():
             raise ConfigError(f"--distill-corpus: {opt.corpus!r} is neither a task ({', '.join(TASKS)}) nor a file")
         try:
-            texts = [t for t in path.read_text(encoding="utf-8").splitlines() if t.strip()]
+            raw = path.read_bytes()
+            texts = [t for t in raw.decode("utf-8").splitlines() if t.strip()]
         except (UnicodeDecodeError, OSError) as e:
             raise DataError(f"{path}: cannot read as UTF-8 text ({e})") from None
-        ident = {"file": path.name, "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
+        ident = {"file": path.name, "sha256": hashlib.sha256(raw).hexdigest()}
     if len(texts) < opt.texts:
         raise ConfigError(f"--distill-texts: {opt.texts} is more than the {len(texts)} texts in {opt.corpus}")
     idx = sorted(int(i) for i in np.random.default_rng([int(opt.seed), 13]).choice(len(texts), opt.texts,
@@ -123,12 +124,11 @@ def _errors(emu_mid, emu, h_in, h_out, sigma):
     return err, m
 
 
-def distill(full, emu, manifest: dict, codec, opt: DistillOptions, callback=None) -> dict:
-    """Train `emu`'s middle blocks in place; returns the summary (corpus identity, options, fit before/after)."""
+def distill(full, emu, n: int, mid_index: list[int], codec, opt: DistillOptions, callback=None) -> dict:
+    """Train `emu`'s middle blocks (emulator indices `mid_index`, between n bottom and n top adapter blocks) in place;
+    returns the summary (corpus identity, options, fit before/after)."""
     check_options(opt)
     emit = callback or (lambda ev: None)
-    n = int(manifest["adapters"]["first"][-1]) + 1
-    mid_index = [b["index"] for b in manifest["blocks"] if b["role"] == "middle"]
     if not mid_index:
         raise ConfigError("--distill-corpus: the emulator has no middle blocks to distil (--ratio removed them all)")
     emu_mid = [emu.model.layers[i] for i in mid_index]

@@ -321,8 +321,8 @@ def build(lm: LoadedModel, opt: BuildOptions, callback=None,
     emu = skeleton(config, blocks)
     _copy_weights(lm.model, emu, blocks)
     if opt.distill is not None:
-        fit = D.distill(lm.model, emu, {"adapters": {"first": first}, "blocks": blocks}, lm.codec, opt.distill,
-                        callback)
+        fit = D.distill(lm.model, emu, n, [b["index"] for b in blocks if b["role"] == "middle"], lm.codec,
+                        opt.distill, callback)
         extra["distill"] = {"corpus": fit["corpus"], "options": fit["options"], "texts_used": fit["texts_used"]}
         extra_build["distill_held_out_nmse"] = fit["held_out_nmse"]
     ident = model_identity(lm)
