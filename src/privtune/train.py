@@ -8,6 +8,7 @@ from the last checkpoint and *recomputes* the steps after it; each recomputed re
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -129,17 +130,23 @@ def add_canaries(task: Task, pool_index: list[int], n: int, seed: int) -> dict:
             "labels": [c.label for c in canaries], "included": included}
 
 
+def _read_record(path: Path, parse: Callable[[dict], object], what: str = ""):
+    """A small JSON record of the run dir through `parse`, or None when the file does not exist; a torn or foreign
+    file is a one-line PrivtuneError naming it."""
+    if not path.exists():
+        return None
+    try:
+        return parse(json.loads(path.read_text()))
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise PrivtuneError(f"{path}: unreadable {what}({type(e).__name__})") from None
+
+
 def recorded_z_kernel(run: Path) -> str:
     """The z backend a run recorded in engine.json; runs from before train.z_kernel existed used torch."""
-    import json
-
     path = run / R.ENGINE
     if not path.exists():
         return "torch"
-    try:
-        name = json.loads(path.read_text())["z_kernel"]
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise PrivtuneError(f"{path}: unreadable ({type(e).__name__})") from None
+    name = _read_record(path, lambda d: d["z_kernel"])
     if name not in ("torch", "triton"):
         raise PrivtuneError(f"{path}: unknown z_kernel {name!r}")
     return name
@@ -170,16 +177,8 @@ def save_checkpoint(run: Path, setup: Setup, step: int) -> None:
 
 def _read_state(run: Path) -> dict | None:
     """state/state.json (the checkpoint pointer: step and weights file), or None before the first checkpoint."""
-    import json
-
-    path = run / R.STATE_DIR / "state.json"
-    if not path.exists():
-        return None
-    try:
-        st = json.loads(path.read_text())
-        return {"step": int(st["step"]), "weights": str(st["weights"])}
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise PrivtuneError(f"{path}: unreadable resume state ({type(e).__name__})") from None
+    return _read_record(run / R.STATE_DIR / "state.json",
+                        lambda st: {"step": int(st["step"]), "weights": str(st["weights"])}, "resume state ")
 
 
 def load_checkpoint(run: Path, setup: Setup) -> int:
