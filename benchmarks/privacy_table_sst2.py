@@ -1,5 +1,6 @@
-"""SmolLM2-135M on SST-2, every method at matched MIA-posterior bounds (0.88 ↔ ε = 2 ↔ 0.33 nats; 0.997 ↔ ε = 6 ↔
-0.68 nats), over seeds: MeZO (no guarantee), PACZero-ZPL, PACZero-MI, DPZero, DP-ZO and DP-LoRA (DP-SGD, Opacus).
+"""SmolLM2-135M on SST-2, every method at matched MIA-posterior bounds (0.8808 ↔ ε = 2 ↔ 0.3278 nats; 0.9975 ↔ ε = 6
+↔ 0.6758 nats, δ = 1e-5), over seeds: MeZO (no guarantee), PACZero-ZPL, PACZero-MI, DPZero, DP-ZO and DP-LoRA (DP-SGD,
+Opacus). PACZero-MI's budgets come from privtune.privacy.matched_budget (the exact match rounded down).
 
 Every run is a normal `privtune train` process (its run dir under --runs), built from configs/sst2_*.yaml with dotted
 overrides; this script only loops, measures the process's peak RSS (wait4) and tabulates. The secret key of run
@@ -8,7 +9,7 @@ seed s is PRIVTUNE_SECRET_SEED=1000+s so that the table is reproducible (J and t
 config's own steps are used.
 
 Usage: python benchmarks/privacy_table_sst2.py [--seeds 0,1,2] [--steps N] [--runs runs/privacy_sst2]
-                                               [--only mezo,zpl,mi033,...] [--out FILE] [key=value ...]
+                                               [--only mezo,zpl,mi_e2,...] [--out FILE] [key=value ...]
 Writes JSON (default benchmarks/results/privacy_table_sst2.json): per run accuracy, guarantee, ε / MI, posterior
 bound, unanimity rate, wall time, peak RSS; per method mean ± std.
 """
@@ -25,12 +26,15 @@ import sys
 import time
 from pathlib import Path
 
+from privtune.privacy import matched_budget
+
 REPO = Path(__file__).resolve().parents[1]
+DELTA = 1e-5  # the δ of the DP configs, so of the ε that PACZero-MI is matched to
 METHODS = {
     "mezo": ("configs/sst2_mezo.yaml", []),
     "zpl": ("configs/sst2_paczero_zpl.yaml", []),
-    "mi033": ("configs/sst2_paczero_mi.yaml", ["method.budget=0.33"]),
-    "mi068": ("configs/sst2_paczero_mi.yaml", ["method.budget=0.68"]),
+    "mi_e2": ("configs/sst2_paczero_mi.yaml", [f"method.budget={matched_budget(2.0, DELTA)}"]),
+    "mi_e6": ("configs/sst2_paczero_mi.yaml", [f"method.budget={matched_budget(6.0, DELTA)}"]),
     "dpzero_e2": ("configs/sst2_dpzero.yaml", ["method.epsilon=2"]),
     "dpzero_e6": ("configs/sst2_dpzero.yaml", ["method.epsilon=6"]),
     "dpzo_e2": ("configs/sst2_dpzo.yaml", ["method.epsilon=2"]),

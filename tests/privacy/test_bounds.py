@@ -34,9 +34,10 @@ def test_pinned_eps_posterior_mi(eps, post, mi):
 
 
 def test_paper_budgets_round_numbers():
-    # PACZero's MI budgets 0.33 and 0.68 nats are the ε = 2 and ε = 6 posteriors, rounded
-    assert round(B.posterior_to_mi(B.eps_to_posterior(2.0)), 2) == 0.33
-    assert round(B.posterior_to_mi(B.eps_to_posterior(6.0)), 2) == 0.68
+    # the PACZero paper's 0.33 and 0.68 nats are the ε = 2 and ε = 6 matches rounded to NEAREST, so slightly above
+    # them (in PACZero's favour); privtune's configs use privacy.matched_budget, rounded down (test_matching.py)
+    assert round(B.posterior_to_mi(B.eps_to_posterior(2.0)), 2) == 0.33 > B.posterior_to_mi(B.eps_to_posterior(2.0))
+    assert round(B.posterior_to_mi(B.eps_to_posterior(6.0)), 2) == 0.68 > B.posterior_to_mi(B.eps_to_posterior(6.0))
 
 
 def test_mi_to_posterior_edges_and_precision():

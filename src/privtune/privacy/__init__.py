@@ -15,6 +15,7 @@ from privtune.privacy.dp import (
     laplace_epsilon,
     laplace_scale_for_epsilon,
 )
+from privtune.privacy.matching import matched_budget, matched_mi
 from privtune.privacy.pac import (
     bernoulli_entropy,
     binary_gaussian_mi,
@@ -42,6 +43,8 @@ __all__ = [
     "laplace_epsilon",
     "laplace_scale_for_epsilon",
     "match_posterior",
+    "matched_budget",
+    "matched_mi",
     "mi_to_posterior",
     "posterior_to_eps",
     "posterior_to_mi",
