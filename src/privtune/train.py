@@ -98,7 +98,7 @@ def prepare(cfg, *, need_pool: bool = True, need_eval: bool = True, callback: Ca
     zk = Z.resolve(cfg.train.z_kernel if z_kernel is None else z_kernel, device,
                    recorded_in=None if z_recorded_in is None else str(z_recorded_in))
     task = build_task(cfg)
-    if cfg.train.tensorboard:
+    if cfg.train.tensorboard and need_pool:  # only training writes the mirror; eval and replay of a run do not
         tblog.require()
     lm, sel = build_model(cfg)
     verb = lm.codec.verbalizer_ids(task.verbalizer)
