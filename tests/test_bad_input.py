@@ -40,6 +40,8 @@ CASES = {
     "template_without_text": (["task.template=hello"], "task.template"),
     "batch_larger_than_pool": (["method.batch_size=100000"], "batch_size"),
     "bad_override_syntax": (["justakey"], "justakey"),
+    "verbalizer_longer_than_labels": (["task.verbalizer=[' negative', ' positive', ' neutral']"], "task.verbalizer"),
+    "multi_token_verbalizer": (["task.verbalizer=[' bad', ' very good']"], "task.verbalizer"),
 }
 
 
@@ -86,4 +88,19 @@ def test_bad_data_files(tmp_path, name):
     assert r.returncode == 2, (r.stdout, r.stderr)
     err = r.stderr.strip()
     assert len(err.splitlines()) == 1 and fname in err, err
+    assert not out.exists()
+
+
+def test_verbalizer_errors_say_what_is_wrong(tmp_path):
+    r, out = run_cli(tmp_path, "task.verbalizer=[' negative', ' positive', ' neutral']")
+    assert "3 words but the data has 2 labels (0, 1)" in r.stderr and "label 2 (' neutral')" in r.stderr, r.stderr
+    r, out = run_cli(tmp_path, "task.verbalizer=[' bad', ' very good']")
+    assert "' very good' is 2 tokens ['very', 'good']" in r.stderr and "each word must be one token" in r.stderr
+
+
+def test_pool_too_large_names_the_label_and_a_size(tmp_path):
+    r, out = run_cli(tmp_path, "task.pool_size=1000",
+                     config_text=(REPO / "configs" / "custom_example.yaml").read_text())
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert "label 'billing' has only 10 training examples; set task.pool_size to at most 30" in r.stderr
     assert not out.exists()

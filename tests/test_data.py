@@ -1,5 +1,9 @@
 """privtune.data: real shared files, every bad-input error, PRIVTUNE_DATA, balanced pools, seeded batches."""
 
+import json
+import os
+import subprocess
+import sys
 from collections import Counter
 from pathlib import Path
 
@@ -9,6 +13,7 @@ from privtune import data
 from privtune.data import Example, balanced_pool, data_dir, load_examples, load_task, render, sample_batch
 from privtune.errors import ConfigError, DataError
 
+REPO = Path(__file__).resolve().parents[1]
 SECRET = "my secret row text"  # planted in bad files; must never show up in an error message
 
 
@@ -232,7 +237,8 @@ def test_load_task_bad_arguments(custom_files):
     config_error("task.verbalizer", load_task, "custom", **{**ok, "verbalizer": [" a", " ", " c"]})
     config_error("task.verbalizer", load_task, "custom", **{**ok, "verbalizer": " a b"})
     config_error("task.eval_limit", load_task, "custom", **{**ok, "eval_limit": 0})
-    config_error("task.label_names", load_task, "custom", **{**ok, "label_names": ["a", "b"]})
+    msg = config_error("task.verbalizer", load_task, "custom", **{**ok, "label_names": ["a", "b"]})
+    assert "3 words for the 2 labels of task.label_names" in msg
     config_error("task.verbalizer", load_task, "sst2", verbalizer=[" bad"])
 
 
@@ -270,7 +276,8 @@ def test_balanced_pool_errors():
     examples = make_examples({0: 5, 1: 8})
     config_error("task.pool_size", balanced_pool, examples, 1, seed=0)
     msg = config_error("task.pool_size", balanced_pool, examples, 12, seed=0)
-    assert "largest balanced pool: 11" in msg
+    assert "label 0 has only 5 training examples; set task.pool_size to at most 11" in msg
+    assert len(balanced_pool(examples, 11, seed=0)) == 11  # the size the message suggests works
     config_error("task.pool_size", balanced_pool, [], 4, seed=0)
     config_error("train.seed", balanced_pool, examples, 4, seed=-1)
 
@@ -286,3 +293,179 @@ def test_sample_batch():
     config_error("method.batch_size", sample_batch, 8, 9, seed=0, step=0)
     config_error("method.batch_size", sample_batch, 8, 0, seed=0, step=0)
     config_error("step", sample_batch, 8, 2, seed=0, step=-1)
+
+
+def test_pool_error_names_the_label_and_a_size_that_works():
+    examples = make_examples({0: 40, 1: 9, 2: 30})
+    msg = config_error("task.pool_size", balanced_pool, examples, 1000, seed=0,
+                       label_names=["billing", "tech_support", "delivery"])
+    assert "label 'tech_support' has only 9 training examples" in msg
+    assert "set task.pool_size to at most 29" in msg  # 3 × 9, plus one spare each for the two larger labels
+    assert len(balanced_pool(examples, 29, seed=0)) == 29
+    config_error("task.pool_size", balanced_pool, examples, 30, seed=0)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Custom data: the shipped example, verbalizer vs labels
+
+
+EXAMPLE = REPO / "examples" / "data"
+EXAMPLE_NAMES = ["billing", "tech_support", "delivery"]
+
+
+def test_example_files_are_a_balanced_three_label_task():
+    task = load_task("custom", train_path=EXAMPLE / "tickets_train.tsv", eval_path=EXAMPLE / "tickets_eval.tsv",
+                     label_names=EXAMPLE_NAMES, template="{text}", verbalizer=[" billing", " technical", " shipping"])
+    assert Counter(e.label for e in task.train) == {0: 10, 1: 10, 2: 10}
+    assert Counter(e.label for e in task.eval) == {0: 4, 1: 4, 2: 4}
+    assert task.label_names == EXAMPLE_NAMES
+    assert not {e.text for e in task.train} & {e.text for e in task.eval}
+
+
+def test_custom_example_config_runs(tmp_path):
+    out = tmp_path / "run"
+    r = subprocess.run([sys.executable, "-m", "privtune", "train", "-c", "configs/custom_example.yaml",
+                        "train.steps=4", "train.checkpoint_every=2", f"out_dir={out}", "-q"], cwd=REPO,
+                       capture_output=True, text=True, timeout=300,
+                       env={**os.environ, "PRIVTUNE_CACHE": str(tmp_path / "cache")})
+    assert r.returncode == 0, r.stderr
+    result = json.loads(r.stdout.strip().splitlines()[-1])
+    assert result["steps"] == 4 and result["total"] == 12 and result["task"] == "custom"
+
+
+@pytest.fixture
+def two_label_sst2(tmp_path, monkeypatch):
+    (tmp_path / "sst2").mkdir()
+    write(tmp_path / "sst2", "train.tsv", "text\tlabel\ngood\t1\nbad\t0\n")
+    write(tmp_path / "sst2", "dev.tsv", "text\tlabel\nfine\t1\nawful\t0\n")
+    monkeypatch.setenv("PRIVTUNE_DATA", str(tmp_path))
+    return tmp_path
+
+
+def test_more_verbalizer_words_than_labels_is_refused(two_label_sst2, custom_files):
+    # was accepted: the third word had no rows but still won predictions (initial accuracy 0.5%)
+    msg = config_error("task.verbalizer", load_task, "sst2", verbalizer=[" bad", " good", " meh"])
+    assert "3 words but the data has 2 labels (0, 1)" in msg and "label 2 (' meh')" in msg
+    assert str(two_label_sst2 / "sst2" / "train.tsv") in msg
+    train, eval_ = custom_files  # labels 0, 1 in train and 2 in eval: every word has rows, so it loads
+    assert load_task("custom", train_path=train, eval_path=eval_, template="{text}",
+                     verbalizer=[" a", " b", " c"]).n_labels == 3
+    msg = config_error("task.verbalizer", load_task, "custom", train_path=train, eval_path=eval_, template="{text}",
+                       verbalizer=[" a", " b", " c", " d"])
+    assert "label 3 (' d')" in msg
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Parquet files and datasets save_to_disk folders (the `data` extra)
+
+
+def write_parquet(path: Path, columns: dict) -> Path:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table(columns), path)
+    return path
+
+
+def test_parquet(tmp_path):
+    path = write_parquet(tmp_path / "a.parquet", {"id": [7, 8, 9], "text": [" hi ", "yo", "hey"],
+                                                  "label": ["pos", "neg", "pos"]})
+    assert load_examples(path, label_names=["neg", "pos"]) == [Example("hi", 1), Example("yo", 0), Example("hey", 1)]
+    ints = write_parquet(tmp_path / "b.parquet", {"sentence": ["x", "y"], "y": [1, 0]})
+    assert load_examples(ints, text_column="sentence", label_column="y", n_labels=2) == [Example("x", 1),
+                                                                                         Example("y", 0)]
+
+
+def test_parquet_errors(tmp_path):
+    msg = data_error(write_parquet(tmp_path / "a.parquet", {"sentence": [SECRET], "label": [0]}))
+    assert "missing column 'text'" in msg and "'sentence'" in msg
+    msg = data_error(write_parquet(tmp_path / "b.parquet", {"text": ["ok", None], "label": [0, 1]}))
+    assert "text in column 'text' at row 2 is missing (null)" in msg  # rows, no lines, in a columnar file
+    msg = data_error(write_parquet(tmp_path / "c.parquet", {"text": [SECRET, SECRET], "label": [0, 5]}), n_labels=2)
+    assert "label 5 at row 2 is out of range [0, 2)" in msg
+    assert "no rows" in data_error(write_parquet(tmp_path / "d.parquet", {"text": [], "label": []}))
+    assert "not a readable Parquet file" in data_error(write(tmp_path, "e.parquet", f"text\tlabel\n{SECRET}\t0\n"))
+
+
+def test_missing_extra_is_named(tmp_path, monkeypatch):
+    path = write_parquet(tmp_path / "a.parquet", {"text": ["x"], "label": [0]})
+    monkeypatch.setitem(sys.modules, "pyarrow.parquet", None)  # as if pyarrow were not installed
+    assert "pip install 'privtune[data]'" in data_error(path)
+
+
+def save_dataset(folder: Path, texts, labels, names=None) -> Path:
+    import datasets
+
+    features = datasets.Features({"text": datasets.Value("string"),
+                                  "label": datasets.ClassLabel(names=names) if names else datasets.Value("int64")})
+    datasets.Dataset.from_dict({"text": texts, "label": labels}, features=features).save_to_disk(str(folder))
+    return folder
+
+
+def test_saved_dataset_folder(tmp_path):
+    # a ClassLabel column stores indices into its own names; task.label_names orders them differently here
+    folder = save_dataset(tmp_path / "ds", ["a", "b", "c"], [0, 1, 1], names=["spam", "ham"])
+    assert load_examples(folder, label_names=["ham", "spam"]) == [Example("a", 1), Example("b", 0), Example("c", 0)]
+    assert load_examples(folder) == [Example("a", 0), Example("b", 1), Example("c", 1)]  # indices as they are
+    msg = data_error(save_dataset(tmp_path / "ints", ["a", SECRET], [0, 3]), n_labels=2)
+    assert "label 3 at row 2 is out of range" in msg
+    assert "missing column 'sentence'" in data_error(folder, text_column="sentence")
+
+
+def test_saved_dataset_dict_names_its_splits(tmp_path):
+    import datasets
+
+    dd = datasets.DatasetDict({s: datasets.Dataset.from_dict({"text": ["x"], "label": [0]}) for s in ("train", "test")})
+    dd.save_to_disk(str(tmp_path / "dd"))
+    msg = data_error(tmp_path / "dd")
+    assert "DatasetDict" in msg and "'train'" in msg and "'test'" in msg
+    assert load_examples(tmp_path / "dd" / "train") == [Example("x", 0)]  # one split's folder loads
+
+
+def test_custom_task_mixes_formats(tmp_path):
+    train = write_parquet(tmp_path / "train.parquet", {"text": ["x", "y"], "label": ["neg", "pos"]})
+    eval_ = save_dataset(tmp_path / "eval", ["z"], [1], names=["neg", "pos"])
+    task = load_task("custom", train_path=train, eval_path=eval_, template="{text} ->", verbalizer=[" no", " yes"],
+                     label_names=["neg", "pos"])
+    assert task.train == [Example("x", 0), Example("y", 1)] and task.eval == [Example("z", 1)]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Built-in tasks whose files are missing: the error, and the opt-in fetch
+
+
+def test_missing_builtin_files_name_the_path_and_the_ways_out(tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(data, "fetch_builtin", lambda *a: calls.append(a))
+    monkeypatch.setenv("PRIVTUNE_DATA", str(tmp_path))
+    monkeypatch.delenv("PRIVTUNE_FETCH", raising=False)
+    with pytest.raises(DataError) as info:
+        load_task("agnews")
+    msg = str(info.value)
+    assert msg.startswith(f"{tmp_path.resolve() / 'agnews' / 'train.tsv'}: file not found")
+    assert "PRIVTUNE_DATA" in msg and "PRIVTUNE_FETCH=1" in msg
+    assert calls == []  # nothing reaches the network without the opt-in
+
+
+def test_fetch_opt_in_writes_the_expected_files(tmp_path, monkeypatch):
+    import datasets
+
+    hub = {("fancyzhx/ag_news", "train"): {"text": ["Stocks\tfell", "Team\nwins", "New chip", "Talks"],
+                                           "label": [2, 1, 3, 0]},
+           ("fancyzhx/ag_news", "test"): {"text": ["Vote today", "Goal!"], "label": [0, 1]}}
+    asked = []
+
+    def load_dataset(name, split):  # stands in for the hub: same call, a real Dataset back
+        asked.append((name, split))
+        return datasets.Dataset.from_dict(hub[(name, split)])
+
+    monkeypatch.setattr(datasets, "load_dataset", load_dataset)
+    monkeypatch.setenv("PRIVTUNE_DATA", str(tmp_path))
+    monkeypatch.setenv("PRIVTUNE_FETCH", "1")
+    task = load_task("agnews")
+    assert asked == [("fancyzhx/ag_news", "train"), ("fancyzhx/ag_news", "test")]
+    assert (tmp_path / "agnews" / "train.tsv").read_text().splitlines()[:2] == ["text\tlabel", "Stocks fell\tBusiness"]
+    assert [e.label for e in task.train] == [2, 1, 3, 0] and task.train[1].text == "Team wins"
+    assert task.eval == [Example("Vote today", 0), Example("Goal!", 1)]
+    load_task("agnews")  # the files are there now: no second download
+    assert len(asked) == 2

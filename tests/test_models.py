@@ -59,3 +59,19 @@ def test_killed_conversion_leaves_no_cache(monkeypatch, tmp_path):
     models_dir = tmp_path / "models"
     assert not (models_dir / "smollm2-135m").exists()
     assert list(models_dir.iterdir()) == []
+
+
+def test_hf_codec_names_the_tokens_of_a_multi_token_word():
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    from privtune.models import HFCodec
+
+    wordpiece = Tokenizer(models.WordPiece({"[UNK]": 0, "neutral": 1, "##ish": 2, "good": 3}, unk_token="[UNK]"))
+    wordpiece.pre_tokenizer = pre_tokenizers.Whitespace()
+    codec = HFCodec(PreTrainedTokenizerFast(tokenizer_object=wordpiece, unk_token="[UNK]"))
+    assert codec.token_id(" good") == 3
+    with pytest.raises(ConfigError) as info:
+        codec.token_id(" neutralish")
+    assert str(info.value) == ("task.verbalizer: ' neutralish' is 2 tokens ['neutral', '##ish'] for this model's "
+                               "tokenizer; each word must be one token")

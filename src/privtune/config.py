@@ -99,6 +99,7 @@ class TrainCfg(Strict):
     micro_batch: PosInt = 64
     prefix_cache: bool = True
     z_kernel: Literal["auto", "torch", "triton"] = "auto"  # z backend (zo.kernels); auto = triton on CUDA
+    tensorboard: bool = False  # mirror metrics.jsonl to out_dir/tb/ (the tensorboard extra)
 
 
 class RunCfg(Strict):

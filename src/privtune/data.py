@@ -2,7 +2,7 @@
 
 A task is two lists of `Example`s (train, eval), a prompt template with one `{text}` slot, and a verbalizer: one
 word per label, scored by the model at the end of the prompt. Built-in tasks (`TASKS`) read the shared data dir
-(`data_dir()`); a custom task names its own .tsv/.csv/.jsonl files.
+(`data_dir()`); a custom task names its own .tsv/.csv/.jsonl/.parquet files or `datasets.save_to_disk` folders.
 
 Privacy hygiene: error messages name the file, the row and the column, never a row's text.
 """
@@ -23,7 +23,8 @@ import numpy as np
 from .errors import ConfigError, DataError
 
 DEFAULT_DATA_DIR = Path(__file__).resolve().parents[2] / ".." / "shared" / "data"  # <repo>/../shared/data
-EXTENSIONS = (".tsv", ".csv", ".jsonl")
+EXTENSIONS = (".tsv", ".csv", ".jsonl", ".parquet")
+DATA_EXTRA = "pip install 'privtune[data]'"  # pyarrow + datasets: .parquet files and save_to_disk folders
 _INT = re.compile(r"[+-]?[0-9]+")
 _SURROGATE = re.compile("[\ud800-\udfff]")
 _SHOWN = 40  # longest label value / column name an error message quotes; longer ones may be training text
@@ -85,6 +86,7 @@ class Task:
     verbalizer: list[str]  # verbalizer[label] is the word the model should put after the prompt
     train: list[Example]
     eval: list[Example]
+    label_names: list[str] | None = None  # label_names[label] as written in the files; None: integer labels
 
     @property
     def n_labels(self) -> int:
@@ -112,6 +114,10 @@ def _columns(names: Sequence[str]) -> str:
     return ", ".join(_shown(n) for n in names)
 
 
+def _missing_column(path: Path, column: str, found: Sequence[str], hint: str = "") -> DataError:
+    return DataError(f"{path}: missing column {column!r} (columns found: {_columns(found)}){hint}")
+
+
 def _rows_delimited(path: Path, content: str, delimiter: str, quoting: int,
                     text_column: str, label_column: str) -> Iterator[tuple[int, int, Any, Any]]:
     """(row, line, text, label) for each data row of a .tsv/.csv file; row 1 is the first line after the header."""
@@ -126,8 +132,7 @@ def _rows_delimited(path: Path, content: str, delimiter: str, quoting: int,
             raise DataError(f"{path}: duplicate column name(s) in the header: {_columns(dupes)}")
         for col in (text_column, label_column):
             if col not in header:
-                raise DataError(f"{path}: missing column {col!r} (columns found: {_columns(header)}); "
-                                "does the file start with a header line?")
+                raise _missing_column(path, col, header, "; does the file start with a header line?")
         ti, li = header.index(text_column), header.index(label_column)
         row = 0
         for fields in reader:
@@ -168,6 +173,74 @@ def _rows_jsonl(path: Path, content: str,
         yield row, line_no, obj[text_column], obj[label_column]
 
 
+def _optional(module: str, path: Path, what: str):
+    """Import an optional dependency (the `data` extra), or a DataError naming the file and the install command."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise DataError(f"{path}: reading {what} needs {module.split('.')[0]}; install it with: {DATA_EXTRA}") from None
+
+
+def _rows_columns(texts: Sequence[Any], labels: Sequence[Any]) -> Iterator[tuple[int, None, Any, Any]]:
+    """(row, None, text, label) for a columnar file: rows count from 1 and there are no lines."""
+    for row, (text, label) in enumerate(zip(texts, labels), start=1):
+        yield row, None, text, label
+
+
+def _rows_parquet(path: Path, text_column: str, label_column: str) -> Iterator[tuple[int, None, Any, Any]]:
+    pq = _optional("pyarrow.parquet", path, ".parquet files")
+    try:  # the footer only: its errors (bad magic bytes, truncated file) hold no row values
+        names = pq.read_schema(path).names
+    except Exception as e:  # pyarrow raises its own ArrowInvalid / ArrowIOError / OSError mix
+        raise DataError(f"{path}: not a readable Parquet file ({str(e).splitlines()[0][:160]})") from None
+    for col in (text_column, label_column):
+        if col not in names:
+            raise _missing_column(path, col, names)
+    try:
+        table = pq.read_table(path, columns=[text_column, label_column])
+    except Exception as e:  # a damaged data page; the message may describe values, so only its type is shown
+        raise DataError(f"{path}: cannot read the Parquet data ({type(e).__name__})") from None
+    return _rows_columns(table.column(text_column).to_pylist(), table.column(label_column).to_pylist())
+
+
+def _saved_dataset_kind(path: Path) -> str | None:
+    """'dataset' or 'dict' for a folder written by datasets' save_to_disk, else None."""
+    if (path / "dataset_dict.json").is_file():
+        return "dict"
+    if (path / "state.json").is_file() and (path / "dataset_info.json").is_file():
+        return "dataset"
+    return None
+
+
+def _rows_saved_dataset(path: Path, text_column: str, label_column: str,
+                        label_names: Sequence[str] | None) -> Iterator[tuple[int, None, Any, Any]]:
+    if _saved_dataset_kind(path) == "dict":  # one config path is one split: say which folders are splits
+        try:
+            splits = [str(s) for s in json.loads((path / "dataset_dict.json").read_text())["splits"]]
+        except (OSError, ValueError, KeyError, TypeError):
+            splits = []
+        example = f" such as {path / splits[0]}" if splits else ""
+        raise DataError(f"{path}: is a DatasetDict folder (splits: {_columns(splits) or '?'}); point the path at one "
+                        f"split's folder{example}")
+    ds_lib = _optional("datasets", path, "a save_to_disk folder")
+    try:
+        ds = ds_lib.load_from_disk(str(path))
+    except Exception as e:  # datasets raises FileNotFoundError, ValueError, pyarrow errors for a damaged folder
+        raise DataError(f"{path}: cannot load this datasets folder ({type(e).__name__})") from None
+    for col in (text_column, label_column):
+        if col not in ds.column_names:
+            raise _missing_column(path, col, ds.column_names)
+    labels = list(ds[label_column])
+    feature = ds.features[label_column]
+    if label_names is not None and isinstance(feature, ds_lib.ClassLabel):
+        # A ClassLabel stores indices into its own names; task.label_names may order the labels differently, so
+        # match by name. Indices outside the ClassLabel stay as they are and fail the range check with their row.
+        labels = [feature.names[v] if isinstance(v, int) and 0 <= v < len(feature.names) else v for v in labels]
+    return _rows_columns(list(ds[text_column]), labels)
+
+
 def _parse_label(value: Any, names: dict[str, int] | None, n_labels: int | None,
                  where: Callable[[str], str]) -> int:
     """The integer label of one row. `where(subject)` gives "<path>: <subject> at row R (line L)" for errors."""
@@ -193,9 +266,30 @@ def _parse_label(value: Any, names: dict[str, int] | None, n_labels: int | None,
     return label
 
 
+def _rows_text(path: Path, suffix: str, text_column: str,
+               label_column: str) -> Iterator[tuple[int, int, Any, Any]]:
+    """(row, line, text, label) of a .tsv/.csv/.jsonl file."""
+    try:
+        with path.open(encoding="utf-8-sig", newline="") as f:  # -sig: tolerate a byte-order mark
+            content = f.read()
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: not UTF-8 text (invalid byte at offset {e.start}); re-save it as UTF-8") from None
+    except OSError as e:
+        raise DataError(f"{path}: cannot read ({e.strerror})") from None
+    if not content.strip():
+        raise DataError(f"{path}: file is empty")
+    if suffix == ".jsonl":
+        return _rows_jsonl(path, content, text_column, label_column)
+    if suffix == ".tsv":  # SST-2 text holds bare quotes: no quoting at all
+        return _rows_delimited(path, content, "\t", csv.QUOTE_NONE, text_column, label_column)
+    return _rows_delimited(path, content, ",", csv.QUOTE_MINIMAL, text_column, label_column)
+
+
 def load_examples(path: str | os.PathLike, text_column: str = "text", label_column: str = "label",
                   label_names: Sequence[str] | None = None, n_labels: int | None = None) -> list[Example]:
-    """Examples from a .tsv (tab-separated, no quoting), .csv or .jsonl file with a text and a label column.
+    """Examples from a .tsv (tab-separated, no quoting), .csv, .jsonl or .parquet file, or a folder written by
+    `datasets.Dataset.save_to_disk`, with a text and a label column. Parquet and datasets folders need the `data`
+    extra (pyarrow, datasets); a ClassLabel column is matched to `label_names` by its names.
 
     Labels are integers (or integer strings), or names mapped through `label_names` (name → its index). With
     `n_labels` (default: len(label_names) if given) every label must lie in [0, n_labels). Texts are stripped of
@@ -225,34 +319,27 @@ def load_examples(path: str | os.PathLike, text_column: str = "text", label_colu
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path}: file not found")
-    if path.is_dir():
-        raise DataError(f"{path}: is a directory, expected a {', '.join(EXTENSIONS)} file")
     suffix = path.suffix.lower()
-    if suffix not in EXTENSIONS:
+    if path.is_dir():
+        if _saved_dataset_kind(path) is None:
+            raise DataError(f"{path}: is a directory, expected a {', '.join(EXTENSIONS)} file or a folder written "
+                            "by datasets' save_to_disk")
+        rows = _rows_saved_dataset(path, text_column, label_column, label_names)
+    elif suffix not in EXTENSIONS:
         raise DataError(f"{path}: unsupported file type {path.suffix or '(no extension)'!r} "
-                        f"(use {', '.join(EXTENSIONS)})")
-    try:
-        with path.open(encoding="utf-8-sig", newline="") as f:  # -sig: tolerate a byte-order mark
-            content = f.read()
-    except UnicodeDecodeError as e:
-        raise DataError(f"{path}: not UTF-8 text (invalid byte at offset {e.start}); re-save it as UTF-8") from None
-    except OSError as e:
-        raise DataError(f"{path}: cannot read ({e.strerror})") from None
-    if not content.strip():
-        raise DataError(f"{path}: file is empty")
-
-    if suffix == ".jsonl":
-        rows = _rows_jsonl(path, content, text_column, label_column)
-    elif suffix == ".tsv":  # SST-2 text holds bare quotes: no quoting at all
-        rows = _rows_delimited(path, content, "\t", csv.QUOTE_NONE, text_column, label_column)
+                        f"(use {', '.join(EXTENSIONS)} or a datasets save_to_disk folder)")
+    elif suffix == ".parquet":
+        rows = _rows_parquet(path, text_column, label_column)
     else:
-        rows = _rows_delimited(path, content, ",", csv.QUOTE_MINIMAL, text_column, label_column)
+        rows = _rows_text(path, suffix, text_column, label_column)
 
     examples = []
     for row, line, text, label in rows:
-        def where(subject: str, row: int = row, line: int = line) -> str:
-            return f"{path}: {subject} at row {row} (line {line})"
+        def where(subject: str, row: int = row, line: int | None = line) -> str:
+            return f"{path}: {subject} at row {row}" + (f" (line {line})" if line is not None else "")
 
+        if text is None:  # a null cell of a Parquet or datasets column
+            raise DataError(where(f"text in column {text_column!r}") + " is missing (null)")
         if not isinstance(text, str):
             raise DataError(where(repr(text_column)) + f" is a {type(text).__name__}, expected a string")
         text = text.strip()
@@ -262,7 +349,8 @@ def load_examples(path: str | os.PathLike, text_column: str = "text", label_colu
             raise DataError(where(f"text in column {text_column!r}") + " holds a lone surrogate (not valid Unicode)")
         examples.append(Example(text, _parse_label(label, names, n_labels, where)))
     if not examples:
-        raise DataError(f"{path}: no examples (the file has a header but no rows)")
+        shape = "has a header but no rows" if suffix in (".tsv", ".csv") and not path.is_dir() else "has no rows"
+        raise DataError(f"{path}: no examples (the file {shape})")
     return examples
 
 
@@ -314,8 +402,8 @@ def load_task(name: str, *, train_path: str | os.PathLike | None = None,
     if label_names is None and spec is not None:
         label_names = spec.label_names
     if label_names is not None and not isinstance(label_names, str) and len(label_names) != len(verbalizer):
-        raise ConfigError(f"task.label_names: {len(label_names)} names but task.verbalizer has "
-                          f"{len(verbalizer)} entries; they must match one to one")
+        raise ConfigError(f"task.verbalizer: {len(verbalizer)} words for the {len(label_names)} labels of "
+                          f"task.label_names; give exactly one word per label, in the same order")
     if eval_limit is not None and (isinstance(eval_limit, bool) or not isinstance(eval_limit, int) or eval_limit < 1):
         raise ConfigError(f"task.eval_limit: must be an integer >= 1, got {eval_limit!r}")
 
@@ -323,18 +411,87 @@ def load_task(name: str, *, train_path: str | os.PathLike | None = None,
         if given is not None:
             return Path(given)
         path = data_dir() / default
+        if not path.exists() and fetch_enabled():
+            fetch_builtin(name, data_dir())
         if not path.exists():
             raise DataError(f"{path}: file not found (built-in task {name!r} reads the data dir {data_dir()}; "
-                            "set PRIVTUNE_DATA to point elsewhere)")
+                            f"set PRIVTUNE_DATA to the folder that holds {default}, or set {FETCH_ENV}=1 to "
+                            "download the task there once through the datasets library)")
         return path
 
     n_labels = len(verbalizer)
     kwargs = dict(text_column=text_column, label_column=label_column, label_names=label_names, n_labels=n_labels)
-    train = load_examples(resolve(train_path, spec and spec.train), **kwargs)
-    eval_ = load_examples(resolve(eval_path, spec and spec.eval), **kwargs)
+    train_file, eval_file = resolve(train_path, spec and spec.train), resolve(eval_path, spec and spec.eval)
+    train = load_examples(train_file, **kwargs)
+    eval_ = load_examples(eval_file, **kwargs)
+    if label_names is None:
+        _check_integer_labels(verbalizer, train + eval_, train_file, eval_file)
     if eval_limit is not None:
         eval_ = eval_[:eval_limit]
-    return Task(name=name, template=template, verbalizer=verbalizer, train=train, eval=eval_)
+    names = [n.strip() for n in label_names] if label_names is not None else None
+    return Task(name=name, template=template, verbalizer=verbalizer, train=train, eval=eval_, label_names=names)
+
+
+def _check_integer_labels(verbalizer: list[str], examples: Sequence[Example], train_file: Path,
+                          eval_file: Path) -> None:
+    """With integer labels the data decides how many labels there are: every verbalizer word needs rows.
+
+    Labels past the verbalizer are already refused row by row; a word no row uses means the verbalizer is longer
+    than the label set (3 words for 2-label data), and the extra word would still win predictions at eval.
+    """
+    seen = sorted({ex.label for ex in examples})
+    unused = [i for i in range(len(verbalizer)) if i not in seen]
+    if unused:
+        words = ", ".join(f"{i} ({verbalizer[i]!r})" for i in unused)
+        raise ConfigError(f"task.verbalizer: {len(verbalizer)} words but the data has {len(seen)} labels "
+                          f"({', '.join(map(str, seen))}): no row of {train_file} or {eval_file} has label {words}; "
+                          "give exactly one word per label, word i for label i")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Built-in tasks from the hub (opt-in: the only code in privtune that reaches outside the machine)
+
+FETCH_ENV = "PRIVTUNE_FETCH"
+HUB_SOURCES = {  # task: (hub dataset, its text column, {TaskSpec file field: hub split})
+    "sst2": ("stanfordnlp/sst2", "sentence", {"train": "train", "eval": "validation"}),
+    "agnews": ("fancyzhx/ag_news", "text", {"train": "train", "eval": "test"}),
+}
+
+
+def fetch_enabled() -> bool:
+    return os.environ.get(FETCH_ENV) == "1"
+
+
+def fetch_builtin(name: str, root: Path) -> list[Path]:
+    """Download built-in task `name` with `datasets.load_dataset` and write the files TASKS names under `root`
+    (TSV: header `text<TAB>label`, labels as the shared files write them). Files already there are kept. Needs
+    network access and the `data` extra. AG News gets the whole train split (the shared copy is a 10k sample)."""
+    spec = TASKS[name]
+    hub, text_column, splits = HUB_SOURCES[name]
+    written = []
+    for field, split in splits.items():
+        target = root / getattr(spec, field)
+        if target.exists():
+            continue
+        ds_lib = _optional("datasets", target, f"task {name!r} from the hub")
+        try:
+            ds = ds_lib.load_dataset(hub, split=split)
+        except Exception as e:  # no network, hub errors: the exception type is enough to tell which
+            raise DataError(f"{target}: cannot fetch {hub} (split {split}) through datasets "
+                            f"({type(e).__name__}); copy the files there by hand or set PRIVTUNE_DATA") from None
+        lines = ["text\tlabel"]
+        for text, label in zip(ds[text_column], ds["label"]):
+            text = re.sub(r"[\t\r\n]+", " ", text)  # .tsv is read without quoting: one row per line
+            lines.append(f"{text}\t{spec.label_names[label] if spec.label_names else label}")
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+            tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
+            os.replace(tmp, target)  # a reader never sees half a file
+        except OSError as e:
+            raise DataError(f"{target}: cannot write the fetched data ({e.strerror or e})") from None
+        written.append(target)
+    return written
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -346,13 +503,15 @@ def _check_seed(seed: Any, field: str) -> None:
         raise ConfigError(f"{field}: must be a non-negative integer, got {seed!r}")
 
 
-def balanced_pool(examples: Sequence[Example], n: int, seed: int) -> list[int]:
+def balanced_pool(examples: Sequence[Example], n: int, seed: int,
+                  label_names: Sequence[str] | None = None) -> list[int]:
     """Indices into `examples` of a label-balanced sample of n, sorted ascending (file order).
 
     Each label present gets n // k examples (k = number of labels present); the n % k leftovers go one each to
     the lowest labels that have a spare example. Within a label the draw is uniform without replacement from
     numpy.random.default_rng(seed), labels in ascending order. Same seed ⇒ same pool; when n is the whole
-    supply the pool is the same for every seed.
+    supply the pool is the same for every seed. A pool too large for the smallest label is refused, not shrunk, so
+    a config always means the same pool; the error names the label (by `label_names` if given) and the largest n.
     """
     _check_seed(seed, "train.seed")
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)):
@@ -374,8 +533,10 @@ def balanced_pool(examples: Sequence[Example], n: int, seed: int) -> list[int]:
     spare = [lab for lab in labels if supply[lab] > base]
     if base > smallest or len(spare) < extra:
         short = min(labels, key=lambda lab: supply[lab])
-        raise ConfigError(f"task.pool_size: {n} is too large for a balanced pool: label {short} has only "
-                          f"{supply[short]} examples (largest balanced pool: {largest_pool})")
+        shown = _shown(label_names[short]) if label_names is not None and short < len(label_names) else short
+        raise ConfigError(f"task.pool_size: {n} is too large for a balanced pool of {k} labels: label {shown} has "
+                          f"only {supply[short]} training examples; set task.pool_size to at most {largest_pool} "
+                          f"(the largest balanced pool)")
     quota = {lab: base + (lab in spare[:extra]) for lab in labels}
     rng = np.random.default_rng(int(seed))
     pool = []

@@ -51,6 +51,12 @@ class Codec:
         return ids
 
 
+def _pieces(tokens: list[str], shown: int = 6) -> str:
+    """A word's tokens for an error message: the first few, then how many more."""
+    more = f", … {len(tokens) - shown} more" if len(tokens) > shown else ""
+    return "[" + ", ".join(repr(t) for t in tokens[:shown]) + more + "]"
+
+
 class HFCodec(Codec):
     def __init__(self, tokenizer):
         self.tok = tokenizer
@@ -63,10 +69,10 @@ class HFCodec(Codec):
 
     def token_id(self, word: str) -> int:
         ids = self.tok.encode(word, add_special_tokens=False)
-        if len(ids) != 1:
-            raise ConfigError(
-                f"task.verbalizer: {word!r} is {len(ids)} tokens for this model's tokenizer; each entry must be one token"
-            )
+        if len(ids) != 1:  # the engine scores one next-token logit per label, so a word must be a single token
+            pieces = _pieces([self.tok.decode([i]) for i in ids])
+            raise ConfigError(f"task.verbalizer: {word!r} is {len(ids)} tokens {pieces} for this model's tokenizer; "
+                              "each word must be one token")
         return int(ids[0])
 
 
@@ -89,7 +95,8 @@ class HashCodec(Codec):
     def token_id(self, word: str) -> int:
         parts = word.split()
         if len(parts) != 1:
-            raise ConfigError(f"task.verbalizer: {word!r} must be a single word for the tiny model")
+            raise ConfigError(f"task.verbalizer: {word!r} is {len(parts)} tokens {_pieces(parts)} for the tiny "
+                              "model's tokenizer (one per word); each word must be one token")
         return self._word(parts[0])
 
 

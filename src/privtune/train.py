@@ -26,6 +26,7 @@ from . import config as C
 from . import dist
 from . import rundir as R
 from . import secrets as S
+from . import tblog
 from .data import CANARY_TEMPLATE, Task, balanced_pool, load_task, make_canaries, render
 from .errors import ConfigError, PrivtuneError, TrainingDiverged
 from .ledger import Ledger
@@ -97,6 +98,8 @@ def prepare(cfg, *, need_pool: bool = True, need_eval: bool = True, callback: Ca
     zk = Z.resolve(cfg.train.z_kernel if z_kernel is None else z_kernel, device,
                    recorded_in=None if z_recorded_in is None else str(z_recorded_in))
     task = build_task(cfg)
+    if cfg.train.tensorboard and need_pool:  # only training writes the mirror; eval and replay of a run do not
+        tblog.require()
     lm, sel = build_model(cfg)
     verb = lm.codec.verbalizer_ids(task.verbalizer)
     n_labels = max(ex.label for ex in task.train + task.eval) + 1
@@ -106,7 +109,7 @@ def prepare(cfg, *, need_pool: bool = True, need_eval: bool = True, callback: Ca
                       z_kernel=zk)
     setup = Setup(cfg, task, lm, sel, engine, verb)
     if need_pool:
-        setup.pool_index = balanced_pool(task.train, cfg.task.pool_size, cfg.train.seed)
+        setup.pool_index = balanced_pool(task.train, cfg.task.pool_size, cfg.train.seed, task.label_names)
         if cfg.task.canaries:
             setup.canaries = add_canaries(task, setup.pool_index, cfg.task.canaries, cfg.train.seed)
         bs = getattr(cfg.method, "batch_size", None)
@@ -343,6 +346,7 @@ def _train(cfg, *, resume: bool, callback: Callback | None, stop_after: int | No
             raise PrivtuneError(f"privacy budget: {out / R.PRIVACY} shows the budget is spent; this run cannot go on")
         return start, before
     start, before = dist.from_main(begin)
+    tb = tblog.Mirror(out, R.read_jsonl(out / R.METRICS)) if main and cfg.train.tensorboard else None
     if start > 0:
         dist.broadcast_tensors([p for _, p in setup.sel.params])  # θ at the checkpoint, from rank 0
     if method is not None and start < steps:
@@ -354,7 +358,10 @@ def _train(cfg, *, resume: bool, callback: Callback | None, stop_after: int | No
     if start == 0:
         zero = evaluate(setup)
         if main:
-            R.append_jsonl(out / R.METRICS, {"step": 0, "eval_accuracy": zero["accuracy"], "kind": "eval"})
+            zero_row = {"step": 0, "eval_accuracy": zero["accuracy"], "kind": "eval"}
+            R.append_jsonl(out / R.METRICS, zero_row)
+            if tb is not None:
+                tb.log(zero_row)
         _emit(callback, {"event": "eval", "step": 0, **zero})
     ran, comm, logged_at = 0, 0, start
     for t in range(start, steps):
@@ -362,6 +369,8 @@ def _train(cfg, *, resume: bool, callback: Callback | None, stop_after: int | No
             if main:
                 _save_private(run_id, t, method, out)
                 save_checkpoint(out, setup, t)
+            if tb is not None:
+                tb.close()
             _emit(callback, {"event": "stopped", "step": t})
             return {"stopped_at": t}
         sent = dist.stats["bytes"]
@@ -396,6 +405,8 @@ def _train(cfg, *, resume: bool, callback: Callback | None, stop_after: int | No
                 row["eval_accuracy"] = evaluate(setup)["accuracy"]
             if main:
                 R.append_jsonl(out / R.METRICS, row)
+                if tb is not None:
+                    tb.log(row)
         if main and (t + 1) % cfg.train.checkpoint_every == 0 and t + 1 < steps:
             ledger.update(**method.summary(ledger.state))
             _save_private(run_id, t + 1, method, out)
@@ -420,6 +431,8 @@ def _train(cfg, *, resume: bool, callback: Callback | None, stop_after: int | No
         R.atomic_write_json(out / R.EVAL, result)
         return result
     result = dist.from_main(finish)
+    if tb is not None:
+        tb.close()
     _emit(callback, {"event": "done", **result})
     return result
 
