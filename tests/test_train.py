@@ -42,6 +42,28 @@ def test_run_dir_layout_and_contents(make_cfg):
     assert any(not torch.equal(w[n], p) for n, p in sel.params)
 
 
+@pytest.mark.parametrize("method,timed", [("mezo", True), ("dpzero", False), ("paczero", False)])
+def test_per_step_timing_is_released_only_by_methods_without_a_secret(make_cfg, method, timed):
+    """A step's wall time grows with its work, e.g. the hidden size of a Poisson batch: a method with a secret
+    writes no per-step timing to the run dir, only the total wall time in eval.json (issue 15, defect 7)."""
+    over = {"train.steps": 4, "train.log_every": 2, "task.pool_size": 32, "task.eval_limit": 8,
+            "method.batch_size": 8}
+    if method == "dpzero":
+        over.update({"method.name": "dpzero", "method.noise_multiplier": 1.0, "method.sampling": "poisson"})
+    elif method == "paczero":
+        over.update({"method.name": "paczero", "method.mode": "zpl", "method.subsets": 4})
+    cfg = make_cfg(**over)
+    train(cfg)
+    run = Path(cfg.out_dir)
+    rows = [r for r in R.read_jsonl(run / "metrics.jsonl") if r.get("kind") != "eval"]
+    assert [r["step"] for r in rows] == [2, 4]
+    assert all(("elapsed_s" in r) == timed for r in rows)
+    if not timed:
+        assert not [k for r in rows for k in r if "time" in k or "elapsed" in k or "comm" in k], rows
+    assert json.loads((run / "eval.json").read_text())["wall_time_s"] >= 0  # the total stays
+    assert ("no per-step timing" in json.loads((run / "privacy.json").read_text())["assumptions"]) == (not timed)
+
+
 def test_resume_is_bitwise_identical_to_uninterrupted(tmp_path, make_cfg):
     full = make_cfg(out_dir=str(tmp_path / "a"))
     train(full)

@@ -1,4 +1,5 @@
-"""The run's secret key: source of everything private a mechanism draws (PACZero's secret index J, DP noise).
+"""The run's secret key: source of everything private a mechanism draws (PACZero's secret index J, DP noise and
+DP batches).
 
 The key never enters the run directory (the shareable artifact). It lives in a private keystore
 (`$PRIVTUNE_CACHE/secrets/<run id>.key`, mode 0600) only so that an interrupted run can resume with the same J and
@@ -19,7 +20,9 @@ import torch
 
 from .models import cache_dir
 
-_TAGS = {"subset": 1, "noise": 2, "coin": 3}
+# One stream per purpose: "subset" is PACZero's J (step 0) and DPZero's Poisson draws (steps t), which never meet in
+# one run; "batch" is a fixed-size DP batch (DPZero, DP-ZO, DP-SGD with sampling "fixed").
+_TAGS = {"subset": 1, "noise": 2, "coin": 3, "batch": 4}
 
 
 class SecretKey:

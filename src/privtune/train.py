@@ -355,6 +355,9 @@ def _train(cfg, *, resume: bool, callback: Callback | None, stop_after: int | No
 
     _emit(callback, {"event": "start", "step": start, "steps": steps, "out_dir": str(out)})
     t0 = time.time()
+    # A step's wall time and traffic grow with secret work (a Poisson batch's size): a method with a secret releases
+    # neither per step, only the total wall time in eval.json (methods.TIMING_RESIDUAL).
+    per_step_costs = not cls.needs_secret
     if start == 0:
         zero = evaluate(setup)
         if main:
@@ -397,9 +400,12 @@ def _train(cfg, *, resume: bool, callback: Callback | None, stop_after: int | No
         method.apply(rel, lr, cfg.method.weight_decay)
         ran += 1
         if (t + 1) % cfg.train.log_every == 0 or t + 1 == steps:
-            row = {"step": t + 1, "lr": lr, "elapsed_s": round(time.time() - t0, 3), **rel.public, **rel.monitor}
-            if dist.world() > 1:  # payload bytes rank 0 put into collectives per step since the last row
-                row.update(processes=dist.world(), comm_bytes_per_step=round(comm / (t + 1 - logged_at), 1))
+            timing = {"elapsed_s": round(time.time() - t0, 3)} if per_step_costs else {}
+            row = {"step": t + 1, "lr": lr, **timing, **rel.public, **rel.monitor}
+            if dist.world() > 1:
+                row["processes"] = dist.world()
+                if per_step_costs:  # payload bytes rank 0 put into collectives per step since the last row
+                    row["comm_bytes_per_step"] = round(comm / (t + 1 - logged_at), 1)
             comm, logged_at = 0, t + 1
             if cfg.train.eval_every and (t + 1) % cfg.train.eval_every == 0 and t + 1 < steps:
                 row["eval_accuracy"] = evaluate(setup)["accuracy"]

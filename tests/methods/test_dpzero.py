@@ -208,3 +208,66 @@ def test_private_run_writes_dp_privacy_json_and_resumes_bitwise(tmp_path, make_c
     assert (run / "transcript.jsonl").read_text() == (tmp_path / "b" / "transcript.jsonl").read_text()
     wa, wb = weights(run), weights(tmp_path / "b")
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+# ------------------------------------------------------------------- fixed-size batches are secret (issue 15, 1)
+def test_fixed_batches_come_from_the_secret_key_not_the_public_seed():
+    """The accountant amplifies by sampling without replacement: nobody may recompute the batch from config.yaml."""
+    lp, lm = [0.6] * 40, [0.5] * 40
+    cfg = method_cfg(noise_multiplier=1.0, batch_size=10)
+    a = make(cfg, lp, lm, steps=400)
+    for t in range(400):
+        a.step(t)
+    batches = a.engine.batches
+    assert all(len(b) == len(set(b)) == 10 and all(0 <= i < 40 for i in b) for b in batches)
+    assert not any(set(b) == set(sample_batch(40, 10, 7, t)) for t, b in enumerate(batches))  # train.seed = 7
+    counts = np.bincount(np.concatenate(batches), minlength=40)  # uniform: q·T = 100 batches each, sd ≈ 8.7
+    assert counts.min() > 60 and counts.max() < 140
+    same_key, other_key = make(cfg, lp, lm, steps=400, seed=8), make(cfg, lp, lm, steps=400, key=5)
+    for t in (0, 3, 399):
+        same_key.step(t)
+        other_key.step(t)
+    assert same_key.engine.batches == [batches[t] for t in (0, 3, 399)]  # a function of (key, t), not of train.seed
+    assert other_key.engine.batches != same_key.engine.batches
+
+
+@pytest.mark.parametrize("sampling", ["fixed", "poisson"])
+def test_assumptions_state_q_from_the_pool_the_adjacency_and_the_timing_residual(sampling):
+    m = make(method_cfg(noise_multiplier=1.0, sampling=sampling), [0.5] * 16, [0.5] * 16, steps=50)
+    text = m.summary({})["assumptions"]
+    assert "public seed" not in text and "from the secret key" in text
+    assert "q = B/n = 4/16 = 0.25 (n = 16 is the pool size, including any canaries)" in text
+    if sampling == "fixed":
+        assert "neighbouring pools differ by replacing one example" in text
+        assert "one sampled-without-replacement (B = 4 of n = 16) gaussian mechanism" in text
+        assert "replace-one sensitivity 2C" in text
+    else:
+        assert "neighbouring pools differ by adding or removing one example, sampled at the same q" in text
+        assert "one Poisson-subsampled (q) gaussian mechanism" in text and "add/remove-one sensitivity C" in text
+    assert "no per-step timing or traffic is released" in text and "wall_time_s" in text
+
+
+def test_fixed_sampling_run_resumes_bitwise_with_secret_batches(tmp_path, make_cfg, monkeypatch):
+    import privtune.methods.dpzero as mod
+
+    monkeypatch.setenv("PRIVTUNE_SECRET_SEED", "20240101")  # both runs draw the same secret batches and noise
+    seen = []
+    real = mod.pair_sums
+    monkeypatch.setattr(mod, "pair_sums", lambda eng, pool, idx, *a: seen.append(list(idx)) or real(eng, pool, idx, *a))
+    over = {"train.steps": 6, "train.checkpoint_every": 2, "train.log_every": 2, "task.pool_size": 32,
+            "task.eval_limit": 8, "method.batch_size": 8, "method.name": "dpzero", "method.noise_multiplier": 5.0,
+            "method.clip": 5.0, "method.sampling": "fixed", "method.accountant": "rdp"}
+    full = make_cfg(**over, out_dir=str(tmp_path / "a"))
+    train(full)
+    public = [sample_batch(32, 8, full.train.seed, t) for t in range(6)]  # what config.yaml lets anyone recompute
+    assert len(seen) == 6 and not any(set(b) == set(p) for b, p in zip(seen, public))
+    part = make_cfg(**over, out_dir=str(tmp_path / "b"))
+    assert train(part, stop_after=3) == {"stopped_at": 3}
+    train(part, resume=True)
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert (a / "transcript.jsonl").read_text() == (b / "transcript.jsonl").read_text()
+    wa, wb = weights(a), weights(b)
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert seen[6:] == seen[:6]  # stopped and resumed, the run drew the same secret batches
+    priv = json.loads((a / "privacy.json").read_text())
+    assert priv["sampling"] == "fixed" and 0 < priv["epsilon"] < 10 and "public seed" not in priv["assumptions"]

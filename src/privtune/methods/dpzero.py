@@ -10,9 +10,11 @@ Noise scale. The noise std on the summed clipped scalars is σ·C, with C the ad
 (privacy/dp.py's convention; under sampling="fixed" the accountant itself charges the replace-one sensitivity 2C).
 The reference code (Liang137/DPZero, opt/src/trainer.py) adds std 2·σ·C/B with σ from Opacus' Poisson calibration,
 i.e. it charges the replace-one sensitivity 2C everywhere; here dp.py charges 2C under "fixed" and C under "poisson".
-Sampling. "fixed": the public batch privtune.data.sample_batch (MeZO's), replace-one neighbours. "poisson": each
-pool example joins step t's batch with probability q = B/N, drawn from the secret key (membership stays private);
-the sum is divided by the expected batch size B (as Opacus does), so the noise std on ĝ is σC/B in both cases.
+Sampling. "fixed": B distinct pool examples drawn uniformly without replacement from the secret key (who is in
+the batch stays private, which the accountant's sampled-without-replacement event assumes), replace-one neighbours.
+"poisson": each pool example joins step t's batch with probability q = B/N, drawn from the secret key; the sum is
+divided by the expected batch size B (as Opacus does), so the noise std on ĝ is σC/B in both cases. At σ = 0 the
+run claims nothing, and "fixed" keeps MeZO's public batch (privtune.data.sample_batch), so it is MeZO bit for bit.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from ..errors import ConfigError, TrainingDiverged
 from ..privacy import dp
 from ..privacy.bounds import eps_to_posterior
 from ..zo.engine import direction_seed, pair_sums, zo_scalars
-from . import Method, Release
+from . import TIMING_RESIDUAL, Method, Release
 
 Delta = Annotated[float, Field(gt=0, lt=1)]
 Clip = Annotated[float, Field(gt=0)]  # inf allowed (no clipping) only with noise_multiplier = 0
@@ -81,6 +83,13 @@ def config_errors(field: str = "method"):
         absl.setLevel(level)
 
 
+def fixed_batch(secret, n: int, size: int, t: int) -> list[int]:
+    """Fixed-size sampling: `size` distinct pool positions for step t, uniformly without replacement, in draw order.
+    Drawn from the secret key (tag "batch"), never from a public seed: the accountant's SampledWithoutReplacement
+    event amplifies only if nobody can recompute the batch (train.seed is in config.yaml)."""
+    return [int(i) for i in secret.numpy("batch", t).choice(n, size=size, replace=False)]
+
+
 def poisson_batch(secret, n: int, rate: float, t: int) -> list[int]:
     """Poisson sampling: each of the n pool examples joins step t's batch independently with probability `rate`.
     Drawn from the secret key (tag "subset"), never from a public seed: who is in the batch must stay private."""
@@ -93,7 +102,7 @@ class DPZero(Method):
     needs_secret = True
     mechanism = "gaussian"
     clipped = "per-example projected gradient g_i = (l_i(θ+εz) − l_i(θ−εz))/2ε"
-    released = "clipped to [−C, C]; only the noisy scalar is released, directions come from public seeds"
+    released = "clipped to [−C, C]; only the noisy scalar is released (the directions z are public, from train.seed)"
 
     def __init__(self, cfg, engine, pool, run_seed, total_steps, secret=None):
         super().__init__(cfg, engine, pool, run_seed, total_steps, secret)
@@ -137,9 +146,11 @@ class DPZero(Method):
     # ------------------------------------------------------------------------------------------------- step
     def batch(self, t: int) -> list[int]:
         cfg = self.cfg
-        if cfg.sampling == "fixed":
+        if cfg.sampling == "fixed" and self.sigma == 0.0:  # no guarantee claimed: MeZO's public batch
             return sample_batch(self.n, cfg.batch_size, self.run_seed, t)
-        return dist.from_main(lambda: poisson_batch(self.secret, self.n, self.rate, t))  # drawn where the key is
+        if cfg.sampling == "fixed":
+            return dist.from_main(lambda: fixed_batch(self.secret, self.n, cfg.batch_size, t))  # drawn where the key is
+        return dist.from_main(lambda: poisson_batch(self.secret, self.n, self.rate, t))
 
     def noise(self, t: int) -> np.ndarray:
         """K unit draws for step t, a pure function of (secret key, t): a recomputed step releases the same ĝ."""
@@ -190,17 +201,35 @@ class DPZero(Method):
         if self.sigma == 0.0:
             return {"guarantee": "none", "mi_nats": None, "epsilon": math.inf, "delta": cfg.delta,
                     "mia_posterior_bound": 1.0, "assumptions": "noise_multiplier = 0: no privacy guarantee"}
-        if cfg.sampling == "poisson":
-            scheme = (f"Poisson sampling (each pool example joins each step with probability q = {self.rate:.6g}, "
-                      "drawn from the secret key); neighbouring pools differ by adding or removing one example")
-        else:
-            scheme = (f"fixed-size batches of {cfg.batch_size} drawn without replacement from the {self.n}-example "
-                      "pool (public seeds); neighbouring pools differ by replacing one example")
         return {"guarantee": "dp", "mi_nats": None, "epsilon": self.epsilon, "delta": cfg.delta,
                 "mia_posterior_bound": eps_to_posterior(self.epsilon, cfg.delta),
                 "assumptions": (f"(ε, δ)-DP of all {self.total_steps} releases with respect to the training pool; "
-                                f"{scheme}; {cfg.accountant.upper()} accountant (dp_accounting) for the "
-                                f"{self.mechanism} mechanism on the {self.clipped}; {self.released}")}
+                                f"{self.sampling_assumption()}; {cfg.accountant.upper()} accountant (dp_accounting) "
+                                f"for the {self.mechanism} mechanism on the {self.clipped}; {self.released}; "
+                                f"{TIMING_RESIDUAL}")}
+
+    def sampling_assumption(self) -> str:
+        """What the accountant charges per step (privacy/dp.py's conventions), in words, with q = B/n from the pool."""
+        cfg, n, B, K = self.cfg, self.n, self.cfg.batch_size, self.cfg.directions
+        pool = f"n = {n} is the pool size, including any canaries"
+        # K scalars per step on one batch: L2 sensitivity √K·C (Gaussian), L1 K·C (Laplace), as in _calibrate
+        k = "" if K == 1 else (f"√{K}·" if self.mechanism == "gaussian" else f"{K}·")
+        if cfg.sampling == "poisson":
+            neighbours = "neighbouring pools differ by adding or removing one example, sampled at the same q"
+            sens = f"the add/remove-one sensitivity {k}C"
+            how = (f"Poisson sampling: each pool example joins each step's batch independently with probability "
+                   f"q = B/n = {B}/{n} = {self.rate:.6g} ({pool}), drawn from the secret key")
+            event = "Poisson-subsampled (q)"
+        else:
+            neighbours = "neighbouring pools differ by replacing one example"
+            sens = f"the replace-one sensitivity {k}2C"
+            how = (f"fixed-size batches of B = {B} distinct examples drawn uniformly without replacement, from the "
+                   f"secret key, out of the pool: q = B/n = {B}/{n} = {self.rate:.6g} ({pool})")
+            event = f"sampled-without-replacement (B = {B} of n = {n})"
+        if self.rate == 1.0:  # dp.py composes the plain mechanism: every step sees every example
+            event = "full-batch (q = 1, no sampling amplification)"
+        return (f"{how}; {neighbours}; each of the {self.total_steps} steps is charged as one {event} "
+                f"{self.mechanism} mechanism with noise scale σ·C (σ = {self.sigma:.6g}) at {sens}")
 
 
 METHOD = DPZero

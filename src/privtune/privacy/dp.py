@@ -14,7 +14,8 @@ add/remove-one L2 sensitivity; for Laplace the L1 sensitivity): the noise standa
   rules (GaussianDpEvent, and SampledWithoutReplacementDpEvent after Wang, Balle & Kasiviswanathan,
   AISTATS 2019, Thm. 27) take the noise relative to the replace-one sensitivity. We therefore hand the RDP
   accountant sigma/2 under "fixed", so both accountants answer for the same mechanism. Sampling without
-  replacement at sampling_rate < 1 has an RDP rule only (ConfigError for "pld").
+  replacement at sampling_rate < 1 has an RDP rule only (ConfigError for "pld"). The amplification needs a batch
+  nobody can recompute: callers draw it from the run's secret key, never from a public seed.
 - sampling_rate = 1 means every step uses the full data set: `steps` plain compositions of the mechanism
   (neighbouring relation as above).
 
@@ -37,7 +38,9 @@ from privtune.privacy._checks import number as _number
 
 ACCOUNTANTS = ("rdp", "pld")
 SAMPLINGS = ("poisson", "fixed")
-PLD_DISCRETIZATION = 1e-4  # dp_accounting's default value_discretization_interval for the PLD accountant
+# dp_accounting's default value_discretization_interval for the PLD accountant; it builds pessimistic PLDs (privacy
+# losses rounded up to the grid), so the discretization over-states ε, never under-states it
+PLD_DISCRETIZATION = 1e-4
 
 _NeighborRel = dp_accounting.NeighboringRelation
 
@@ -152,6 +155,7 @@ def _calibrate(fresh, make_event, epsilon: float, delta: float, tol: float, gues
             cache[x] = _epsilon(fresh, make_event(x), delta)
         return cache[x]
 
+    # Bracket search only: the answer is always a noise x whose ε(x) was computed and is ≤ epsilon (conservative).
     factor = 1.25
     lo = hi = guess
     if eps_at(guess) > epsilon:
@@ -162,8 +166,10 @@ def _calibrate(fresh, make_event, epsilon: float, delta: float, tol: float, gues
     else:
         while eps_at(lo) <= epsilon:
             lo, hi = lo / factor, lo
-            if lo < 1e-6:
+            if lo < 1e-6:  # ε ≤ target even at tiny noise: hi (its ε was checked) is safe, if noisier than needed
                 return hi
+    # tol·lo is brentq's x-tolerance; calibrate_dp_mechanism returns an x with ε(x) ≤ epsilon (it re-checks and
+    # falls back to bisection), so tol costs at most that much extra noise, never privacy
     x = mechanism_calibration.calibrate_dp_mechanism(
         fresh, make_event, epsilon, delta,
         bracket_interval=mechanism_calibration.ExplicitBracketInterval(lo, hi), tol=tol * lo)

@@ -315,6 +315,7 @@ def is_unanimous_mi(p, signs, tol: float = 0.0) -> bool:
     if np.all(live == live[0]):
         return True
     qp = q_plus(p, signs)
+    # tol > 0 is not conservative by itself (the step leaks up to H(q₊) ≤ H(tol)); PACZero calls this with tol = 0
     return bool(min(qp, 1.0 - qp) <= tol) if tol > 0.0 else False
 
 
