@@ -64,10 +64,11 @@ def audit(
 
 
 def report(
-    run_dirs: List[Path] = typer.Argument(..., help="run directories"),
+    run_dirs: List[Path] = typer.Argument(..., help="run directories, and/or frontier sweep files "
+                                          "(benchmarks/frontier.py's frontier_<task>.json)"),
     out: Path = typer.Option(..., "--out", help="output folder for report.html and the PNGs"),
 ):
-    """Privacy–utility frontier report: report.html (plots embedded) + PNGs."""
+    """Privacy–utility frontier report: report.html (plots embedded) + PNGs, one frontier per task and model."""
     from .report import write_report
 
     path = _run(lambda: write_report(run_dirs, out))
