@@ -177,10 +177,9 @@ def posterior_success_boot(members, nonmembers, fold, n_boot: int, seed: int) ->
 
 def posterior_success_lower(members, nonmembers, alpha: float, n_boot: int = 200, seed: int = 0) -> float:
     """One-sided lower confidence bound (level 1 − alpha) on the cross-fitted posterior success, from a
-    fold-preserving percentile bootstrap: the k-th smallest of B resampled values, k = ⌊alpha·(B + 1)⌋, the rank
-    of a one-sided Monte Carlo test at level alpha (Davison & Hinkley 1997, §4.2). B = n_boot, raised to
-    ⌈1/alpha⌉ − 1 where fewer resamples would leave no value below the quantile (interpolating past the smallest
-    would understate the uncertainty)."""
+    fold-preserving percentile bootstrap: the k-th smallest of B resampled values, k = ⌊alpha·(B + 1)⌋ (the usual
+    order statistic for an alpha quantile of B draws). B = n_boot, raised to ⌈1/alpha⌉ − 1 where fewer resamples
+    would leave no value below the quantile: interpolating past the smallest would understate the uncertainty."""
     a, b = np.asarray(members, dtype=float), np.asarray(nonmembers, dtype=float)
     n = max(n_boot, math.ceil(1.0 / alpha - 1.0 - 1e-9))
     k = max(1, math.floor(alpha * (n + 1) + 1e-9))  # 1e-9: alpha·(B + 1) meant as an integer may round below it
