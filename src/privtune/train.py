@@ -313,8 +313,7 @@ def _train(cfg, *, resume: bool, callback: Callback | None, stop_after: int | No
         if resume:
             ledger = Ledger.open(out)
             run_id = ledger.state.get("run_id", "")
-            if ledger.state.get("secret_source") == "fixed":
-                _emit(callback, {"event": "warning", "message": AUDIT_MODE_WARNING})
+            secret_source = ledger.state.get("secret_source")
             finished = _checkpoint_step(out) >= steps  # killed after its final checkpoint: only the wrap-up is left
             key = S.load(run_id) if cls.needs_secret else None
             if cls.needs_secret and key is None and not finished:
@@ -326,8 +325,6 @@ def _train(cfg, *, resume: bool, callback: Callback | None, stop_after: int | No
             fixed = S.fixed_seed_from_env()
             secret_source = "key" if fixed is None else "fixed"
             key = S.create(run_id, fixed, run_dir=out)
-            if fixed is not None:
-                _emit(callback, {"event": "warning", "message": AUDIT_MODE_WARNING})
         return False
     finished = dist.from_main(open_run)
     if not main and cls.needs_secret:
@@ -374,6 +371,8 @@ def _train(cfg, *, resume: bool, callback: Callback | None, stop_after: int | No
         method.resume(start, before)
     done = {int(r["step"]): r for r in recorded}
 
+    if secret_source == "fixed":  # once the run has really started (a run that fails to start says only why)
+        _emit(callback, {"event": "warning", "message": AUDIT_MODE_WARNING})
     _emit(callback, {"event": "start", "step": start, "steps": steps, "out_dir": str(out)})
     t0 = time.time()
     if start == 0:
