@@ -23,6 +23,8 @@ from . import rundir as R
 from .errors import PrivtuneError
 from .privacy.bounds import privacy_views
 
+AUDIT_MODE = "audit mode — not private"  # a run trained with PRIVTUNE_SECRET_SEED (privacy.json secret_source "fixed")
+
 
 @dataclass
 class RunInfo:
@@ -38,14 +40,21 @@ class RunInfo:
         return self.cfg.get("method", {}).get("name", "?")
 
     @property
+    def audit_mode(self) -> bool:
+        """Trained with a fixed secret: reproducible by whoever knows the seed, so its guarantee is nominal only."""
+        return self.privacy.get("secret_source") == "fixed"
+
+    @property
     def label(self) -> str:
         m = self.cfg.get("method", {})
         if m.get("name") == "paczero":
             tail = "ZPL" if m.get("mode") == "zpl" else f"MI {m.get('budget')} nats"
-            return f"PACZero-{tail}"
-        if m.get("epsilon") is not None:
-            return f"{m['name']} ε={m['epsilon']:g}"
-        return str(m.get("name", "?"))
+            name = f"PACZero-{tail}"
+        elif m.get("epsilon") is not None:
+            name = f"{m['name']} ε={m['epsilon']:g}"
+        else:
+            name = str(m.get("name", "?"))
+        return f"{name} ({AUDIT_MODE})" if self.audit_mode else name
 
     @property
     def bound(self) -> float:
@@ -74,6 +83,7 @@ class RunInfo:
             pass
         d.pop("out_dir", None)
         d.get("train", {}).pop("seed", None)
+        d["audit_mode"] = self.audit_mode  # a fixed-secret run never averages with private ones
         return json.dumps(d, sort_keys=True)
 
 
@@ -119,7 +129,9 @@ def run_row(r: RunInfo, group: dict) -> dict:
     v = r.views
     a = (r.audit or {}).get("summary", {})
     return {
-        "run": r.path.name, "method": r.label, "guarantee": r.privacy.get("guarantee", "none"),
+        "run": r.path.name, "method": r.label,
+        "guarantee": r.privacy.get("guarantee", "none") + (f" ({AUDIT_MODE})" if r.audit_mode else ""),
+        "secret_source": r.privacy.get("secret_source"),
         "posterior_bound": r.privacy.get("mia_posterior_bound"),
         "mi_nats": v["mi_nats"] if v else None, "epsilon": v["epsilon"] if v else None,
         "delta": v["delta"] if v else None,
@@ -258,7 +270,8 @@ def _fmt(key: str, row: dict) -> str:
 def render_html(runs: list[RunInfo], rows: list[dict], images: dict[str, bytes]) -> str:
     table_rows = []
     for row in rows:
-        bad = ' class="violation"' if row["violation"] else ""
+        bad = (' class="violation"' if row["violation"] else
+               ' class="audit-mode"' if row["secret_source"] == "fixed" else "")
         cells = "".join(f'<td data-key="{k}" data-value="{html.escape(json.dumps(row[k]))}">{_fmt(k, row)}</td>'
                         for k, _ in COLUMNS)
         table_rows.append(f"<tr{bad}>{cells}</tr>")
@@ -267,6 +280,10 @@ def render_html(runs: list[RunInfo], rows: list[dict], images: dict[str, bytes])
     n_viol = sum(bool(r["violation"]) for r in rows)
     warn = (f'<p class="alert">{n_viol} run(s) have a measured attack above the proven bound: a bug to find.</p>'
             if n_viol else "")
+    n_audit = sum(r.audit_mode for r in runs)
+    if n_audit:
+        warn += (f'<p class="alert">{n_audit} run(s) in {AUDIT_MODE}: trained with a fixed secret '
+                 "(PRIVTUNE_SECRET_SEED), so whoever knows it can undo the mechanism; their bounds are nominal.</p>")
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>privtune report</title>
 <style>
@@ -275,7 +292,7 @@ h1 {{ font-size: 1.6em; }} h2 {{ font-size: 1.2em; margin-top: 1.6em; }}
 table {{ border-collapse: collapse; font-size: 0.85em; width: 100%; }}
 th, td {{ border: 1px solid #ccc; padding: 4px 6px; text-align: right; }}
 th {{ background: #f2f2f2; }} td:nth-child(-n+3) {{ text-align: left; }}
-tr.violation td {{ background: #fdd; }} .alert {{ color: #b00; font-weight: bold; }}
+tr.violation td {{ background: #fdd; }} tr.audit-mode td {{ background: #ffd; }} .alert {{ color: #b00; font-weight: bold; }}
 img {{ max-width: 100%; }} .note {{ color: #555; font-size: 0.85em; }}
 </style></head><body>
 <h1>privtune: privacy–utility report</h1>
