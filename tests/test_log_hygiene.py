@@ -190,10 +190,11 @@ def check_outputs(method: str, run: Path, texts_out: list[str], losses: list[flo
     assert str(SECRET_SEED) not in "".join(texts + texts_out)
     if method == "paczero":
         j, noise = secret_values(method)
-        bad = [k for k in keys if SECRET_FIELDS.search(k)]
+        bad = [k for k in keys if SECRET_FIELDS.search(k) and k != "secret_source"]  # "key" | "fixed": no secret
         assert not bad, f"fields that may hold the secret subset index J={j}: {bad}"
         assert not matches(floats, noise), "a secret noise draw appears in the outputs"
         led = json.loads((run / "privacy.json").read_text())
+        assert led["secret_source"] == "fixed"  # where the secret came from, never the secret
         assert led["spent"] > 0 and led["noisy_releases"] > 0  # the secret was really used
     leftovers = [p for sub in ("secrets", "private") if (cache / sub).exists() for p in (cache / sub).iterdir()]
     assert not leftovers, f"keystore / private state not deleted: {leftovers}"

@@ -243,6 +243,8 @@ def test_page_fits_1280_px_in_headless_chromium(tmp_path):
                        "unanimity_rate": 0.61}, initial=0.786),
              fake_run(tmp_path / "sst2_dpzero_epsilon2_seed0", 0, 0.797, {"name": "dpzero", "epsilon": 2.0},
                       dp(2.0, 0.8808), initial=0.786, audit=aud),
+             fake_run(tmp_path / "sst2_dpzero_epsilon2_fixed_secret", 1, 0.795, {"name": "dpzero", "epsilon": 2.0},
+                      {**dp(2.0, 0.8808), "secret_source": "fixed"}, initial=0.786),  # longest labels
              fake_run(tmp_path / "sst2_bboxer_seed0", 0, 0.79, {"name": "bboxer"}, BBOXER, initial=0.786),
              fake_run(tmp_path / "agnews_mezo_seed0", 0, 0.82, task={"name": "agnews"}, initial=0.535)]
     sweep = tmp_path / "frontier_agnews.json"
@@ -268,3 +270,20 @@ def test_page_fits_1280_px_in_headless_chromium(tmp_path):
     assert len(m["images"]) == 5  # frontier ×3, curves ×2
     for i in m["images"]:
         assert i["natural"] > 0 and i["left"] >= margin and i["right"] <= m["client"] - margin, i
+
+
+def test_fixed_secret_runs_are_marked_audit_mode(tmp_path):
+    dp = {"name": "dpzero", "epsilon": 2.0}
+    nominal = {"guarantee": "dp", "epsilon": 2.0, "delta": 1e-5, "mia_posterior_bound": 0.8808}
+    keyed = fake_run(tmp_path / "keyed", 0, 0.8, dp, {**nominal, "secret_source": "key"})
+    fixed = fake_run(tmp_path / "fixed", 1, 0.7, dp, {**nominal, "secret_source": "fixed"})
+    runs = [load_run(p) for p in (keyed, fixed)]
+    labels = sorted(g["label"] for g in group_rows(runs))  # same config, other seed: still two points
+    assert labels == ["dpzero ε=2", "dpzero ε=2 (audit mode — not private)"]
+    page = write_report([keyed, fixed], tmp_path / "out").read_text()
+    rows = {r["run"]: r for r in json.loads((tmp_path / "out" / "runs.json").read_text())["runs"]}
+    assert rows["fixed"]["guarantee"] == "dp (audit mode — not private)" and rows["keyed"]["guarantee"] == "dp"
+    fixed_row = next(line for line in page.splitlines() if '<td data-key="run" data-value="&quot;fixed&quot;"' in line)
+    assert 'class="audit-mode"' in fixed_row and "dp (audit mode — not private)" in fixed_row
+    keyed_row = next(line for line in page.splitlines() if '<td data-key="run" data-value="&quot;keyed&quot;"' in line)
+    assert "audit mode" not in keyed_row

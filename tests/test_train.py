@@ -33,6 +33,7 @@ def test_run_dir_layout_and_contents(make_cfg):
     assert set(lines[0]) == {"step", "lr", "updates", "projected_grad"}
     priv = json.loads((run / "privacy.json").read_text())
     assert priv["guarantee"] == "none" and priv["steps_done"] == 12
+    assert priv["secret_source"] is None and "spent" not in priv  # no secret; no nats budget to show as spent
     assert C.build(C.load_yaml(run / "config.yaml")).model_dump() == cfg.model_dump()
     # weights moved away from the base model
     base = C.build(C.load_yaml(run / "config.yaml"))
@@ -200,3 +201,47 @@ def test_cli_end_to_end_tiny_config(tmp_path):
     assert json.loads(r.stdout)["accuracy"] == pytest.approx(res["accuracy"])
     r = _cli("replay", str(out), "--verify")
     assert r.returncode == 0 and "bit-identical" in r.stdout, r.stdout + r.stderr
+
+
+# ------------------------------------------------------------------------------ fixed secrets (audit mode)
+AUDIT_WARNING = "audit mode: the secret is fixed; this run is not private"
+DP_SMALL = {"train.steps": 2, "task.pool_size": 32, "task.eval_limit": 8, "method.batch_size": 8,
+            "method.name": "dpzero", "method.epsilon": 2.0, "method.clip": 5.0}
+
+
+def test_fixed_secret_run_is_recorded_and_warned_at_every_start(tmp_path, make_cfg, monkeypatch):
+    from privtune.privacy.bounds import eps_to_posterior
+
+    monkeypatch.setenv("PRIVTUNE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("PRIVTUNE_SECRET_SEED", "99")
+    fixed = make_cfg(**DP_SMALL, out_dir=str(tmp_path / "fixed"))
+    events = []
+    assert train(fixed, stop_after=1, callback=events.append) == {"stopped_at": 1}
+    train(fixed, resume=True, callback=events.append)  # the key comes from the keystore, the warning from privacy.json
+    warnings = [e for e in events if e["event"] == "warning"]
+    assert warnings == [{"event": "warning", "message": AUDIT_WARNING}] * 2
+    assert [e["event"] for e in events].index("warning") < [e["event"] for e in events].index("start")
+    priv = json.loads((tmp_path / "fixed" / "privacy.json").read_text())
+    assert priv["secret_source"] == "fixed"
+    # the nominal guarantee stays, so that an audit can compare against what the mechanism would give
+    assert priv["guarantee"] == "dp" and priv["epsilon"] == 2.0
+    assert priv["mia_posterior_bound"] == eps_to_posterior(2.0, 1e-5)
+    monkeypatch.delenv("PRIVTUNE_SECRET_SEED")
+    events = []
+    train(make_cfg(**DP_SMALL, out_dir=str(tmp_path / "keyed")), callback=events.append)
+    assert not [e for e in events if e["event"] == "warning"]
+    assert json.loads((tmp_path / "keyed" / "privacy.json").read_text())["secret_source"] == "key"
+
+
+def test_python_m_privtune_train_warns_on_stderr_in_audit_mode(tmp_path):
+    import os
+
+    env = dict(os.environ, PRIVTUNE_SECRET_SEED="99", PRIVTUNE_CACHE=str(tmp_path / "cache"), OMP_NUM_THREADS="1")
+    over = [f"{k}={v}" for k, v in DP_SMALL.items()]
+    r = subprocess.run([sys.executable, "-m", "privtune", "train", "-c", "configs/tiny_dpzero.yaml", *over,
+                        f"out_dir={tmp_path / 'run'}", "--quiet"], cwd=REPO, env=env, capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0, r.stderr
+    hits = [line for line in r.stderr.splitlines() if "audit mode" in line]
+    assert hits == [f"warning: {AUDIT_WARNING}"], r.stderr  # once, even with --quiet
+    assert "audit mode" not in r.stdout

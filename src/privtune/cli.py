@@ -32,11 +32,15 @@ class _Progress:
         self.desc, self.quiet, self.bar = desc, quiet, None
 
     def __call__(self, ev: dict) -> None:
+        kind = ev.get("event")
+        if kind == "warning":  # e.g. audit mode (a fixed secret): shown even with --quiet
+            msg = f"warning: {ev['message']}"
+            (self.bar.write(msg, file=sys.stderr) if self.bar else typer.echo(msg, err=True))
+            return
         if self.quiet:
             return
         from tqdm import tqdm
 
-        kind = ev.get("event")
         if kind == "status":
             typer.echo(ev["message"], err=True)
         elif kind == "start":
@@ -137,6 +141,47 @@ def replay(
     typer.echo(f"replay: {msg}")
     if not ok:
         raise typer.Exit(1)
+
+
+@app.command()
+def forget(
+    run_dir: Optional[Path] = typer.Argument(None, help="a run directory whose secrets to delete"),
+    stale: Optional[str] = typer.Option(None, "--stale", metavar="DAYS",
+                                        help="delete every key whose run directory is gone, finished or idle > DAYS"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="with --stale: list, delete nothing"),
+):
+    """Delete a run's secret key and private state (it can then never resume, and J / the noise are gone for good)."""
+    from . import forget as F
+    from .models import cache_dir
+
+    def go():
+        if (run_dir is None) == (stale is None):
+            raise PrivtuneError("forget: give exactly one of RUN_DIR or --stale DAYS")
+        if run_dir is not None:
+            return F.forget_run(run_dir)
+        try:
+            days = float(stale)
+        except ValueError:
+            raise PrivtuneError(f"--stale: must be a number of days >= 0, got {stale!r}") from None
+        return F.stale(days) if dry_run else F.forget_stale(days)
+
+    result = _run(go)
+    if run_dir is not None:
+        if result:
+            kinds = {".key": "secret key", ".json": "key record", ".pt": "private state"}
+            what = ", ".join(kinds.get(p.suffix, p.name) for p in result)
+            typer.echo(f"forgot {run_dir}: deleted its {what} from {cache_dir()}; it can no longer be resumed")
+        else:
+            typer.echo(f"nothing to forget for {run_dir}: no secret key or private state in {cache_dir()}")
+        return
+    verb = "would delete" if dry_run else "deleted"
+    for f in result:
+        typer.echo(f"{verb} {f.stem} ({f.reason}{'' if f.run_dir is None else f': {f.run_dir}'})")
+    if not result:
+        typer.echo(f"no stale keys in {cache_dir()}")
+    else:
+        typer.echo(f"{len(result)} stale key(s) in {cache_dir()}; dry run, nothing deleted" if dry_run else
+                   f"{len(result)} stale key(s) deleted from {cache_dir()}")
 
 
 from . import cli_audit  # noqa: E402  (privtune audit / report)

@@ -53,7 +53,7 @@ def audit(
     if "canary" in res:
         c = res["canary"]
         typer.echo(f"canaries: {c['canaries']} ({c['included']} members), ε lower bound "
-                   f"{c['epsilon_lower_bound']:.4f} at 95% confidence (δ={c['delta']:g}, "
+                   f"{c['epsilon_lower_bound']:.4f} at {c['confidence']:.1%} confidence (δ={c['delta']:g}, "
                    f"best attack {c['best_attack']})" + ("" if c["valid"] else f" — {c['note']}"))
     typer.echo(f"wrote {Path(run_dir) / 'audit.json'}")
     if res["violation"]:

@@ -2,6 +2,10 @@
 
 A charge is written atomically (temp file + fsync + rename) *before* the released value is applied, and is keyed by
 step, so a crash at any instant never loses a charge and a resumed run that recomputes a step never pays twice.
+
+Only a method that charges a budget in nats (PACZero) has `budget` and `spent` in privacy.json (its ledger_fields put
+them there); for every other method a `spent: 0.0` would read as "nothing spent" next to, say, ε = 2. DP methods
+report what they have spent as `epsilon_spent` instead. Every field is documented in docs/privacy_json.md.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ class Ledger:
 
     @classmethod
     def create(cls, run_dir: Path, **fields) -> "Ledger":
-        state = {"spent": 0.0, "steps_done": 0, "last_charged_step": -1, **fields}
+        state = {"steps_done": 0, "last_charged_step": -1, **fields}
         led = cls(run_dir, state)
         led._write()
         return led
@@ -42,7 +46,8 @@ class Ledger:
 
     @property
     def spent(self) -> float:
-        return float(self.state["spent"])
+        """Nats charged so far (0 for a ledger without a nats budget)."""
+        return float(self.state.get("spent", 0.0))
 
     def remaining(self) -> float:
         b = self.budget
@@ -62,7 +67,10 @@ class Ledger:
         b = self.budget
         if b is not None and self.spent + amount > float(b) + BUDGET_SLACK:
             raise BudgetError(f"privacy budget: step {step} would spend {amount:.6g} with {self.remaining():.6g} nats left of {b}")
-        self.state["spent"] = self.spent + float(amount)
+        if "spent" in self.state:
+            self.state["spent"] = self.spent + float(amount)
+        elif amount != 0.0:  # a method that charges nats must declare its `spent` field in ledger_fields
+            raise PrivtuneError(f"{self.path}: step {step} charges {amount:.6g} nats but this ledger keeps no nats budget")
         self.state["last_charged_step"] = step
         self.state["steps_done"] = step + 1
         for k, v in counters.items():

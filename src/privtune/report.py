@@ -39,6 +39,7 @@ NAMES = {"zero-shot": "zero-shot", "fo": "fo", "mezo": "MeZO", "paczero-zpl": "P
 LEVEL_FIELDS = ("method.epsilon", "method.noise_multiplier", "method.delta", "method.budget")
 # Task fields that change what is trained on, not what eval accuracy measures: runs differing in them share a panel.
 POOL_FIELDS = ("pool_size", "canaries")
+AUDIT_MODE = "audit mode — not private"  # trained with PRIVTUNE_SECRET_SEED (privacy.json secret_source "fixed")
 
 
 def privacy_kind(guarantee) -> str:
@@ -61,14 +62,21 @@ class RunInfo:
         return self.cfg.get("method", {}).get("name", "?")
 
     @property
+    def audit_mode(self) -> bool:
+        """Trained with a fixed secret: reproducible by whoever knows the seed, so its guarantee is nominal only."""
+        return self.privacy.get("secret_source") == "fixed"
+
+    @property
     def label(self) -> str:
         m = self.cfg.get("method", {})
         if m.get("name") == "paczero":
             tail = "ZPL" if m.get("mode") == "zpl" else f"MI {m.get('budget')} nats"
-            return f"PACZero-{tail}"
-        if m.get("epsilon") is not None:
-            return f"{m['name']} ε={m['epsilon']:g}"
-        return str(m.get("name", "?"))
+            name = f"PACZero-{tail}"
+        elif m.get("epsilon") is not None:
+            name = f"{m['name']} ε={m['epsilon']:g}"
+        else:
+            name = str(m.get("name", "?"))
+        return f"{name} ({AUDIT_MODE})" if self.audit_mode else name
 
     @property
     def bound(self) -> float:
@@ -126,6 +134,7 @@ class RunInfo:
             pass
         d.pop("out_dir", None)
         d.get("train", {}).pop("seed", None)
+        d["audit_mode"] = self.audit_mode  # a fixed-secret run never averages with private ones
         return json.dumps(d, sort_keys=True)
 
 
@@ -301,8 +310,8 @@ def group_rows(runs: list[RunInfo]) -> list[dict]:
                      "accuracy": float(np.mean(acc)), "accuracy_std": _std(acc),
                      "time_s": _mean([r.eval.get("wall_time_s") for r in g]), "runs": [str(r.path) for r in g]})
     labels = _disambiguate([r["label"] for r in rows], [json.loads(g[0].group_key()) for g in gs])
-    lines = _disambiguate([NAMES.get(g[0].mechanism, g[0].mechanism) for g in gs],
-                          [json.loads(g[0].line_key()) for g in gs])
+    lines = _disambiguate([NAMES.get(g[0].mechanism, g[0].mechanism) + (f" ({AUDIT_MODE})" if g[0].audit_mode else "")
+                           for g in gs], [json.loads(g[0].line_key()) for g in gs])
     for row, label, line in zip(rows, labels, lines):
         row["label"], row["line"] = label, line
     return rows
@@ -312,7 +321,9 @@ def run_row(r: RunInfo, group: dict) -> dict:
     v = r.views
     a = (r.audit or {}).get("summary", {})
     return {
-        "run": r.path.name, "method": r.label, "guarantee": r.privacy.get("guarantee", "none"),
+        "run": r.path.name, "method": r.label,
+        "guarantee": r.privacy.get("guarantee", "none") + (f" ({AUDIT_MODE})" if r.audit_mode else ""),
+        "secret_source": r.privacy.get("secret_source"),
         "posterior_bound": r.privacy.get("mia_posterior_bound"),
         "mi_nats": v["mi_nats"] if v else None, "epsilon": v["epsilon"] if v else None,
         "delta": v["delta"] if v else None,
@@ -567,7 +578,8 @@ def _cell(key: str, row: dict, text: str | None = None, span: int = 1) -> str:
 def _runs_table(rows: list[dict], table_id: str) -> str:
     table_rows = []
     for row in rows:
-        bad = ' class="violation"' if row["violation"] else ""
+        bad = (' class="violation"' if row["violation"] else
+               ' class="audit-mode"' if row["secret_source"] == "fixed" else "")
         cells = []
         for k, _ in COLUMNS:
             if k in PRIVACY_COLUMNS and row["kind"] == GENERALIZATION:  # BBoxER: its MI bound is vacuous, ε ∞
@@ -669,6 +681,10 @@ def render_html(runs: list[RunInfo], rows: list[dict], images: dict[str, bytes],
     n_viol = sum(bool(r["violation"]) for r in rows)
     warn = (f'<p class="alert">{n_viol} run(s) have a measured attack above the proven bound: a bug to find.</p>'
             if n_viol else "")
+    n_audit = sum(r.audit_mode for r in runs)
+    if n_audit:
+        warn += (f'<p class="alert">{n_audit} run(s) in {AUDIT_MODE}: trained with a fixed secret '
+                 "(PRIVTUNE_SECRET_SEED), so whoever knows it can undo the mechanism; their bounds are nominal.</p>")
     n_sweeps = sum(p.source != "runs" for p in panels)
     what = f"{len(runs)} runs in {len(groups(runs))} configurations" if runs else "no runs"
     what += f" and {n_sweeps} sweep file(s)" if n_sweeps else ""
@@ -690,7 +706,8 @@ th {{ background: #f2f2f2; white-space: normal; vertical-align: bottom; min-widt
 td.text, th.text, td:first-child, table.runs td:nth-child(-n+3), table.runs th:nth-child(-n+3) {{ text-align: left; }}
 td.text, td[data-key="method"], td[data-key="guarantee"], td[data-key="threat_model"] {{ white-space: normal; }}
 td[data-key="method"] {{ min-width: 8.5em; }}  /* wraps only long labels */
-tr.violation td {{ background: #fdd; }} tr.floor td, tr.ceiling td {{ background: #f7f7f7; }}
+tr.violation td {{ background: #fdd; }} tr.audit-mode td {{ background: #ffd; }}
+tr.floor td, tr.ceiling td {{ background: #f7f7f7; }}
 .alert {{ color: #b00; font-weight: bold; }}
 figure {{ margin: 0; }} img {{ max-width: 100%; height: auto; }}
 .note {{ color: #555; font-size: 0.85em; max-width: 70em; }}

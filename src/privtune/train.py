@@ -28,7 +28,7 @@ from . import rundir as R
 from . import secrets as S
 from . import tblog
 from .data import CANARY_TEMPLATE, Task, balanced_pool, load_task, make_canaries, render
-from .errors import ConfigError, PrivtuneError, TrainingDiverged
+from .errors import BudgetError, ConfigError, PrivtuneError, TrainingDiverged
 from .ledger import Ledger
 from .methods import Method, method_class
 from .models import LoadedModel, load_model, resolve_device
@@ -38,6 +38,8 @@ from .zo.engine import Encoded, ZOEngine, accuracy
 
 log = logging.getLogger(__name__)
 Callback = Callable[[dict], None]
+# PRIVTUNE_SECRET_SEED: whoever knows the seed can recompute J, the DP noise and the Poisson draws and strip them
+AUDIT_MODE_WARNING = "audit mode: the secret is fixed; this run is not private"
 
 
 # ------------------------------------------------------------------------------------------------------ building
@@ -223,8 +225,11 @@ def evaluate(setup: Setup) -> dict:
     return {"accuracy": acc, "correct": correct, "total": len(setup.evalset)}
 
 
-def _create_run_dir(out: Path, cfg, method: Method, run_id: str, extra: dict | None = None) -> Ledger:
-    """Create the run dir atomically: built in a temp sibling, renamed into place once complete."""
+def _create_run_dir(out: Path, cfg, method: Method, run_id: str, extra: dict | None = None,
+                    secret_source: str | None = None) -> Ledger:
+    """Create the run dir atomically: built in a temp sibling, renamed into place once complete.
+    `secret_source`: "key" (drawn from the OS), "fixed" (PRIVTUNE_SECRET_SEED: audit mode, not private) or None (the
+    method has no secret); privacy.json keeps the nominal guarantee either way, so audits can compare against it."""
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
     try:
@@ -233,7 +238,8 @@ def _create_run_dir(out: Path, cfg, method: Method, run_id: str, extra: dict | N
             R.atomic_write_json(tmp / name, obj)
         (tmp / R.METRICS).touch()
         (tmp / R.TRANSCRIPT).touch()
-        Ledger.create(tmp, run_id=run_id, steps_total=cfg.train.steps, **method.ledger_fields())
+        Ledger.create(tmp, run_id=run_id, steps_total=cfg.train.steps, secret_source=secret_source,
+                      **method.ledger_fields())
         if out.exists():
             out.rmdir()  # only an empty directory may be replaced (checked by the caller)
         os.rename(tmp, out)
@@ -264,6 +270,16 @@ def train(cfg, *, resume: bool = False, callback: Callback | None = None, stop_a
     with dist.session(cfg.model.device):
         try:
             return _train(cfg, resume=resume, callback=callback if dist.is_main() else None, stop_after=stop_after)
+        except BudgetError as e:
+            # A spent budget ends the run for good (a resume refuses it), so its key and private state go now.
+            out = Path(cfg.out_dir)
+            if not dist.is_main() or not (out / R.PRIVACY).is_file():
+                raise
+            from .forget import forget_run
+
+            gone = forget_run(out)
+            raise BudgetError(f"{e}; {'its secret key and private state were deleted' if gone else 'no secrets kept'}"
+                              ) from None
         except OSError as e:
             from .models import cache_dir
 
@@ -292,13 +308,15 @@ def _train(cfg, *, resume: bool, callback: Callback | None, stop_after: int | No
     steps = cfg.train.steps
     ledger = key = None
     run_id = ""
+    secret_source = None  # "key" | "fixed" | None (no secret), written to privacy.json
     recorded: list[dict] = []  # rank 0: the transcript as found (read once per invocation)
 
     def open_run():  # rank 0 only: the ledger and the secret key never leave it
-        nonlocal ledger, key, run_id
+        nonlocal ledger, key, run_id, secret_source
         if resume:
             ledger = Ledger.open(out)
             run_id = ledger.state.get("run_id", "")
+            secret_source = ledger.state.get("secret_source")
             finished = _checkpoint_step(out) >= steps  # killed after its final checkpoint: only the wrap-up is left
             key = S.load(run_id) if cls.needs_secret else None
             if cls.needs_secret and key is None and not finished:
@@ -306,7 +324,10 @@ def _train(cfg, *, resume: bool, callback: Callback | None, stop_after: int | No
                                     "it cannot resume without re-drawing its secret")
             return finished
         run_id = uuid.uuid4().hex
-        key = S.create(run_id, S.fixed_seed_from_env()) if cls.needs_secret else None
+        if cls.needs_secret:
+            fixed = S.fixed_seed_from_env()
+            secret_source = "key" if fixed is None else "fixed"
+            key = S.create(run_id, fixed, run_dir=out)
         return False
     finished = dist.from_main(open_run)
     if not main and cls.needs_secret:
@@ -336,14 +357,15 @@ def _train(cfg, *, resume: bool, callback: Callback | None, stop_after: int | No
                 extra = {R.ENGINE: engine_record(setup)}
                 if setup.canaries is not None:
                     extra["canaries.json"] = setup.canaries
-                ledger = _create_run_dir(out, cfg, method, run_id, extra)  # audit mode: canaries + inclusion
+                ledger = _create_run_dir(out, cfg, method, run_id, extra,  # audit mode: canaries + inclusion
+                                         secret_source=secret_source)
             except BaseException:
                 if key is not None:
                     key.forget()
                 raise
             start, before = 0, []
         if start < steps and ledger.exhausted():
-            raise PrivtuneError(f"privacy budget: {out / R.PRIVACY} shows the budget is spent; this run cannot go on")
+            raise BudgetError(f"privacy budget: {out / R.PRIVACY} shows the budget is spent; this run cannot go on")
         return start, before
     start, before = dist.from_main(begin)
     tb = tblog.Mirror(out, R.read_jsonl(out / R.METRICS)) if main and cfg.train.tensorboard else None
@@ -353,6 +375,8 @@ def _train(cfg, *, resume: bool, callback: Callback | None, stop_after: int | No
         method.resume(start, before)
     done = {int(r["step"]): r for r in recorded}
 
+    if secret_source == "fixed":  # once the run has really started (a run that fails to start says only why)
+        _emit(callback, {"event": "warning", "message": AUDIT_MODE_WARNING})
     _emit(callback, {"event": "start", "step": start, "steps": steps, "out_dir": str(out)})
     t0 = time.time()
     # A step's wall time and traffic grow with secret work (a Poisson batch's size): a method with a secret releases
@@ -453,11 +477,7 @@ def _released(line: dict) -> str:
 
 # ------------------------------------------------------------------------- private state (kept out of the run dir)
 def _private_path(run_id: str) -> Path:
-    import hashlib
-
-    from .models import cache_dir
-
-    return cache_dir() / "private" / (hashlib.sha256(run_id.encode()).hexdigest()[:32] + ".pt")
+    return S.private_state_path(run_id)  # named like the run's key, so `privtune forget` finds both
 
 
 def _save_private(run_id: str, step: int, method: Method, run: Path) -> None:

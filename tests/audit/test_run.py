@@ -92,6 +92,10 @@ def test_false_guarantee_is_flagged(runs, tmp_path):
                                          "mia_posterior_bound": 0.525, "mi_nats": None})
     res = audit_run(run, attacks=("loss",), **FAST)
     assert res["bound_applies"] and res["violation"] and "exceeds" in res["violations"][0]
+    # one family-wise α over both checks of the one attack (posterior and held-out TPR at 1% FPR)
+    assert res["alpha"] == 0.05 and res["n_tests"] == 2 and res["check_confidence"] == 1 - 0.05 / 2
+    t = res["attacks"]["loss"]["tpr_check"]
+    assert t["n_nonmembers_fit"] + t["n_nonmembers_heldout"] == 64 and t["tpr_bound"] >= t["fpr_upper"]
     r = CliRunner().invoke(app, ["audit", str(run), "--attacks", "loss", "--bootstrap", "20", "-q"])
     assert r.exit_code == 1 and "VIOLATION" in r.stderr
 
@@ -198,3 +202,5 @@ def test_audit_runs_on_bboxer_and_dpsgd_runs(tmp_path, monkeypatch, method):
     priv = json.loads((tmp_path / "run" / "privacy.json").read_text())
     assert res["mia_posterior_bound"] == priv["mia_posterior_bound"]  # the bound it is checked against: the run's own
     assert not res["violation"]
+    if method["name"] == "dpsgd":  # posterior and TPR checks for both attacks share α
+        assert res["n_tests"] == 4 and res["attacks"]["ref"]["tpr_check"]["violation"] is False

@@ -271,3 +271,27 @@ def test_fixed_sampling_run_resumes_bitwise_with_secret_batches(tmp_path, make_c
     assert seen[6:] == seen[:6]  # stopped and resumed, the run drew the same secret batches
     priv = json.loads((a / "privacy.json").read_text())
     assert priv["sampling"] == "fixed" and 0 < priv["epsilon"] < 10 and "public seed" not in priv["assumptions"]
+
+
+def test_epsilon_spent_is_zero_then_below_then_at_the_target(tmp_path, make_cfg, monkeypatch):
+    """privacy.json's ε spent after the steps done: 0 at 0 steps, the accountant's ε(steps_done) < ε at a mid-run
+    checkpoint, ≤ ε and equal to it within the calibration tolerance at the end; no `spent: 0.0` next to ε = 2."""
+    monkeypatch.setenv("PRIVTUNE_CACHE", str(tmp_path / "cache"))
+    cfg = make_cfg(**{"train.steps": 8, "train.checkpoint_every": 3, "task.pool_size": 32, "task.eval_limit": 8,
+                      "method.batch_size": 8, "method.name": "dpzero", "method.epsilon": 2.0, "method.clip": 5.0})
+    path = Path(cfg.out_dir) / "privacy.json"
+    assert train(cfg, stop_after=0) == {"stopped_at": 0}
+    priv = json.loads(path.read_text())
+    assert priv["steps_done"] == 0 and priv["epsilon_spent"] == 0.0 and priv["epsilon"] == 2.0
+    assert "spent" not in priv and "budget" not in priv  # nats fields are PACZero's only
+    train(cfg, resume=True, stop_after=3)
+    priv = json.loads(path.read_text())
+    kw = dict(sampling_rate=8 / 32, delta=1e-5, accountant="rdp", sampling="poisson", dataset_size=32)
+    assert priv["steps_done"] == 3
+    assert priv["epsilon_spent"] == dp.gaussian_epsilon(priv["noise_multiplier"], steps=3, **kw)
+    assert 0 < priv["epsilon_spent"] < 2.0
+    train(cfg, resume=True)
+    priv = json.loads(path.read_text())
+    assert priv["steps_done"] == 8 and priv["epsilon"] == 2.0 and "spent" not in priv
+    assert priv["epsilon_spent"] == dp.gaussian_epsilon(priv["noise_multiplier"], steps=8, **kw)
+    assert 2.0 - 1e-4 < priv["epsilon_spent"] <= 2.0  # calibrated to ε ≤ 2 at relative σ precision 1e-6

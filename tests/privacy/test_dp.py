@@ -138,3 +138,37 @@ def test_invalid_arguments_name_the_parameter(call, field):
 def test_more_noise_less_epsilon():
     eps = [dp.gaussian_epsilon(s, 100, 0.02, 1e-5) for s in (0.6, 0.8, 1.0, 2.0, 4.0)]
     assert np.all(np.diff(eps) < 0)
+
+
+# ------------------------------------------------------------------------- ε spent after t of T releases
+@pytest.mark.parametrize("sampling,sigma", [("poisson", 3.0), ("fixed", 6.0)])
+def test_epsilon_spent_curve_rdp_is_the_accountants_epsilon_at_every_step(sampling, sigma):
+    T, kw = 40, dict(sampling_rate=0.25, delta=1e-5, accountant="rdp", sampling=sampling, dataset_size=64)
+    curve = dp.epsilon_spent_curve("gaussian", sigma, T, **kw)
+    assert curve(0) == 0.0
+    for t in (1, 2, 17, 39, 40):  # bit for bit: t·(one-step RDP) is what the accountant composes for t releases
+        assert curve(t) == dp.gaussian_epsilon(sigma, steps=t, **kw), t
+    vals = [curve(t) for t in range(T + 1)]
+    assert all(a < b for a, b in zip(vals, vals[1:]))
+
+
+@pytest.mark.parametrize("mechanism", ["gaussian", "laplace"])
+def test_epsilon_spent_curve_pld_never_under_reports_and_is_exact_on_its_grid(mechanism):
+    T, kw = 130, dict(sampling_rate=0.2, delta=1e-5, accountant="pld", sampling="poisson")
+    exact = dp.gaussian_epsilon if mechanism == "gaussian" else dp.laplace_epsilon
+    curve = dp.epsilon_spent_curve(mechanism, 2.0, T, **kw)
+    stride = math.ceil(T / dp.SPENT_GRID)  # 3: grid 3, 6, ..., 129, and the run's last step 130
+    for t in (1, 3, 64, 128, 129, 130):
+        e = exact(2.0, steps=t, **kw)
+        if t % stride == 0 or t == T:
+            assert curve(t) == e, t
+        else:
+            assert e <= curve(t) <= exact(2.0, steps=min(math.ceil(t / stride) * stride, T), **kw), t
+    assert curve(0) == 0.0
+
+
+@pytest.mark.parametrize("t", [-1, 41, 2.5, True])
+def test_epsilon_spent_curve_rejects_steps_outside_the_run(t):
+    curve = dp.epsilon_spent_curve("gaussian", 3.0, 40, sampling_rate=0.25, delta=1e-5)
+    with pytest.raises(ConfigError, match="^steps_done:"):
+        curve(t)

@@ -12,13 +12,15 @@ Members and non-members follow the run's threat model:
 - Canaries (`task.canaries` at train time, run dir canaries.json): each was put in the pool with probability ½; the
   one-run audit (onerun.py) turns the guesses into an ε lower bound at 95% confidence.
 
-A measured posterior success above the proven bound beyond its confidence interval is a violation: audit.json says
-so (`violation: true`) and the CLI exits 1.
+A measured posterior success above the proven bound, or a TPR at 1% FPR above the proven (ε, δ) trade-off curve, or a
+canary ε above the proven ε, each beyond its confidence bound, is a violation: audit.json says so (`violation: true`)
+and the CLI exits 1. All these tests share one family-wise false-alarm rate `alpha` (5%, metrics.audit_checks).
 """
 
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -164,24 +166,26 @@ def audit_run(run_dir, *, attacks=ATTACKS, limit: int | None = 500, n_boot: int 
 
     guarantee = privacy.get("guarantee")
     bound, applies = bound_check(guarantee, threat, privacy)
-    check = 1.0 - 0.05 / len(attacks)  # Bonferroni over the attacks: a false alarm at most 5% of the time
     dp_eps, dp_delta = privacy.get("epsilon"), privacy.get("delta")
+    dp = dp_eps is not None and math.isfinite(float(dp_eps))  # ε = ∞ (no noise) leaves nothing to check
+    canary_checked = bool(canary_ex) and dp and threat == "pool-vs-heldout"
+    # One family-wise α for every test that can raise a violation (metrics.audit_checks says how it is split): the
+    # posterior and TPR checks per attack, and the canary audit per attack when it is checked.
+    checks = metrics.audit_checks({a: (sc[a][:n_m], sc[a][n_m:n_x]) for a in attacks},
+                                  posterior_bound=bound if applies else None,
+                                  epsilon=float(dp_eps) if applies and dp else None, delta=float(dp_delta or 0.0),
+                                  other_tests=len(attacks) if canary_checked else 0, n_boot=n_boot, seed=seed)
     result = {"run_dir": str(run), "method": cfg.method.name, "guarantee": guarantee, "threat_model": threat,
-              "mia_posterior_bound": bound, "bound_applies": applies, "check_confidence": check,
-              "n_members": n_m, "n_nonmembers": n_x - n_m, "attacks": {}, "violation": False, "violations": []}
+              "mia_posterior_bound": bound, "bound_applies": applies, "alpha": checks["alpha"],
+              "n_tests": checks["n_tests"], "check_confidence": 1.0 - checks["alpha_per_test"],
+              "n_members": n_m, "n_nonmembers": n_x - n_m, "attacks": {}, "violation": False,
+              "violations": list(checks["violations"])}
     if dp_eps is not None:
         result["tpr_at_0.01_fpr_bound"] = float(tradeoff_tpr(0.01, float(dp_eps), float(dp_delta or 0.0)))
     for name in attacks:
         s = sc[name]
-        m = metrics.mia_metrics(s[:n_m], s[n_m:n_x], n_boot=n_boot, seed=seed, check_confidence=check)
-        if applies and bound is not None and m["posterior_success_lower"] > bound:
-            result["violations"].append(f"{name}: posterior success {m['posterior_success']:.4f} (lower "
-                                        f"{m['posterior_success_lower']:.4f}) exceeds the bound {bound:.4f}")
-        tpr_bound = result.get("tpr_at_0.01_fpr_bound")
-        if applies and tpr_bound is not None and m["tpr_at_0.01_fpr_ci"][0] > tpr_bound:
-            result["violations"].append(f"{name}: TPR at 1% FPR {m['tpr_at_0.01_fpr']:.4f} exceeds the DP "
-                                        f"trade-off bound {result['tpr_at_0.01_fpr_bound']:.4f}")
-        result["attacks"][name] = m
+        m = metrics.mia_metrics(s[:n_m], s[n_m:n_x], n_boot=n_boot, seed=seed)
+        result["attacks"][name] = {**m, **checks["attacks"][name]}
     if design is not None:  # exact permutation test over the M candidate subsets (valid under I = 0)
         where = {i: p for p, i in enumerate(pool_index)}
         rows = design[[where[i] for i in members + nonmembers]]
@@ -192,15 +196,19 @@ def audit_run(run_dir, *, attacks=ATTACKS, limit: int | None = 500, n_boot: int 
                                                     for a in attacks}
     if canary_ex:
         delta = float(dp_delta) if dp_delta is not None else 0.0
-        per = {name: onerun.audit(sc[name][n_x:], canary_in, delta=delta, confidence=check) for name in attacks}
+        # checked: each attack at the family's per-test level; else at α/attacks, so the best still holds at 1 − α
+        a_canary = checks["alpha_per_test"] if canary_checked else checks["alpha"] / len(attacks)
+        per = {name: onerun.audit(sc[name][n_x:], canary_in, delta=delta, confidence=1.0 - a_canary)
+               for name in attacks}
         best = max(per, key=lambda a: per[a]["epsilon_lower_bound"])
         result["canary"] = {"threat_model": "secret-subset" if threat == "secret-subset" else "pool-inclusion",
                             "canaries": len(canary_ex), "included": int(sum(canary_in)), "delta": delta,
-                            "confidence": 0.95, "epsilon_lower_bound": per[best]["epsilon_lower_bound"],
+                            "confidence": 1.0 - len(attacks) * a_canary,  # of the best of the attacks
+                            "epsilon_lower_bound": per[best]["epsilon_lower_bound"],
                             "best_attack": best, "per_attack": per, "valid": threat != "secret-subset",
                             "auc": {a: metrics.auc(sc[a][n_x:][np.array(canary_in)], sc[a][n_x:][~np.array(canary_in)])
                                     for a in attacks} if 0 < sum(canary_in) < len(canary_in) else None}
-        if dp_eps is not None and threat == "pool-vs-heldout" and per[best]["epsilon_lower_bound"] > float(dp_eps):
+        if canary_checked and per[best]["epsilon_lower_bound"] > float(dp_eps):
             result["violations"].append(f"canaries: ε lower bound {per[best]['epsilon_lower_bound']:.4f} exceeds the "
                                         f"proven ε {float(dp_eps):.4f}")
         if threat == "secret-subset":

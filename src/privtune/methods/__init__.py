@@ -43,8 +43,9 @@ class Method:
         raise NotImplementedError
 
     def ledger_fields(self) -> dict:
-        """Initial privacy.json fields (guarantee type, budget, assumptions)."""
-        return {"method": self.name, "guarantee": self.guarantee, "budget": None}
+        """Initial privacy.json fields (guarantee type, parameters, assumptions). A method that charges a budget in
+        nats (PACZero) puts `budget` and `spent` here; the ledger charges only those (docs/privacy_json.md)."""
+        return {"method": self.name, "guarantee": self.guarantee}
 
     def summary(self, ledger_state: dict) -> dict:
         """privacy.json fields every method reports on one axis: guarantee, mi_nats, epsilon, delta,

@@ -112,6 +112,7 @@ class DPZero(Method):
         if cfg.batch_size > self.n:
             raise ConfigError(f"method.batch_size: {cfg.batch_size} is larger than the pool ({self.n} examples)")
         self.rate = cfg.batch_size / self.n
+        self._spent_curve = None  # steps done ↦ ε spent (privacy.dp.epsilon_spent_curve), built on first use
         self.sigma, self.epsilon = self._calibrate()
         if self.sigma == 0.0:
             self.guarantee = "none"
@@ -125,9 +126,7 @@ class DPZero(Method):
         one K-dim mechanism of L2 sensitivity √K·C (Gaussian) or L1 sensitivity K·C (Laplace), so the accountant
         sees the per-scalar noise divided by √K (resp. K)."""
         cfg = self.cfg
-        per_step = math.sqrt(cfg.directions) if self.mechanism == "gaussian" else float(cfg.directions)
-        kw = dict(steps=self.total_steps, sampling_rate=self.rate, delta=cfg.delta, accountant=cfg.accountant,
-                  sampling=cfg.sampling, dataset_size=self.n)
+        per_step, kw = self._accounting()
         with config_errors("method.noise_multiplier" if cfg.noise_multiplier is not None else "method.epsilon"):
             if cfg.noise_multiplier is not None:
                 x = float(cfg.noise_multiplier)
@@ -137,6 +136,30 @@ class DPZero(Method):
                 return x, epsilon_of(x / per_step, **kw)
             noise_for = dp.gaussian_sigma_for_epsilon if self.mechanism == "gaussian" else dp.laplace_scale_for_epsilon
             return noise_for(cfg.epsilon, **kw) * per_step, float(cfg.epsilon)
+
+    def _accounting(self) -> tuple[float, dict]:
+        """(per_step, the accountant's arguments): the accountant sees noise / per_step (see _calibrate) for
+        `total_steps` releases at rate B/N. Shared by the calibration and epsilon_spent, so the two never diverge."""
+        cfg = self.cfg
+        per_step = math.sqrt(cfg.directions) if self.mechanism == "gaussian" else float(cfg.directions)
+        return per_step, dict(steps=self.total_steps, sampling_rate=self.rate, delta=cfg.delta,
+                              accountant=cfg.accountant, sampling=cfg.sampling, dataset_size=self.n)
+
+    def epsilon_spent(self, steps_done: int) -> float:
+        """ε spent by the first `steps_done` releases: 0 before the first, ≤ self.epsilon, equal to the accountant's
+        ε for the whole run at the end; never below the accountant's ε for steps_done (privacy.dp.epsilon_spent_curve,
+        ~1 ms a call with RDP, so it is recomputed at every charge and privacy.json never under-reports it)."""
+        steps_done = min(int(steps_done), self.total_steps)
+        if steps_done <= 0:
+            return 0.0
+        if self.sigma == 0.0:
+            return math.inf
+        if self._spent_curve is None:
+            per_step, kw = self._accounting()
+            with config_errors():
+                self._spent_curve = dp.epsilon_spent_curve(self.mechanism, self.sigma / per_step, **kw)
+        with config_errors():
+            return self._spent_curve(steps_done)
 
     @property
     def noise_std(self) -> float:
@@ -190,7 +213,7 @@ class DPZero(Method):
     # ------------------------------------------------------------------------------------------ ledger
     def ledger_fields(self) -> dict:
         cfg = self.cfg
-        return {"method": self.name, "guarantee": self.guarantee, "budget": None, "mechanism": self.mechanism,
+        return {"method": self.name, "guarantee": self.guarantee, "mechanism": self.mechanism,
                 "noise_multiplier": self.sigma, "noise_std": self.noise_std, "accountant": cfg.accountant,
                 "sampling": cfg.sampling, "sampling_rate": self.rate, "pool_size": self.n,
                 "batch_size": cfg.batch_size, "directions": cfg.directions, "clip": cfg.clip, "clipped": self.clipped,
@@ -198,10 +221,13 @@ class DPZero(Method):
 
     def summary(self, ledger_state: dict) -> dict:
         cfg = self.cfg
+        # epsilon: the guarantee of the whole run (all total_steps releases); epsilon_spent: of the steps done so far
+        spent = self.epsilon_spent(ledger_state.get("steps_done", 0))
         if self.sigma == 0.0:
-            return {"guarantee": "none", "mi_nats": None, "epsilon": math.inf, "delta": cfg.delta,
-                    "mia_posterior_bound": 1.0, "assumptions": "noise_multiplier = 0: no privacy guarantee"}
-        return {"guarantee": "dp", "mi_nats": None, "epsilon": self.epsilon, "delta": cfg.delta,
+            return {"guarantee": "none", "mi_nats": None, "epsilon": math.inf, "epsilon_spent": spent,
+                    "delta": cfg.delta, "mia_posterior_bound": 1.0,
+                    "assumptions": "noise_multiplier = 0: no privacy guarantee"}
+        return {"guarantee": "dp", "mi_nats": None, "epsilon": self.epsilon, "epsilon_spent": spent, "delta": cfg.delta,
                 "mia_posterior_bound": eps_to_posterior(self.epsilon, cfg.delta),
                 "assumptions": (f"(ε, δ)-DP of all {self.total_steps} releases with respect to the training pool; "
                                 f"{self.sampling_assumption()}; {cfg.accountant.upper()} accountant (dp_accounting) "

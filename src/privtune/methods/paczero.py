@@ -177,8 +177,10 @@ class PACZero(Method):
 
     # ------------------------------------------------------------------------------------------ ledger / state
     def ledger_fields(self) -> dict:
+        budget = self.cfg.budget if self.cfg.mode == "mi" else None  # ZPL: I = 0, no budget to spend
+        # `budget` / `spent` (nats) are what the ledger checks and charges; mi_budget_nats / mi_spent_nats say the unit
         return {"method": self.name, "guarantee": self.guarantee, "mode": self.cfg.mode,
-                "budget": self.cfg.budget if self.cfg.mode == "mi" else None,  # ZPL: I = 0, no budget to spend
+                "budget": budget, "spent": 0.0, "mi_budget_nats": budget,
                 "pool_size": len(self.pool), "subsets": self.cfg.subsets, "clip": self.cfg.clip,
                 "allocation": self.cfg.allocation if self.cfg.mode == "mi" else None,
                 **self.summary({"spent": 0.0})}
@@ -187,7 +189,8 @@ class PACZero(Method):
         mi = 0.0 if self.cfg.mode == "zpl" else float(state.get("spent", 0.0))
         post = bounds.mi_to_posterior(mi)
         n = max(int(state.get("directions", 0)), 1)
-        out = {"guarantee": self.guarantee, "mi_nats": mi, "epsilon": None, "delta": None,
+        out = {"guarantee": self.guarantee, "mi_nats": mi, "mi_spent_nats": float(state.get("spent", 0.0)),
+               "epsilon": None, "delta": None,
                "epsilon_matched": bounds.posterior_to_eps(post) if post < 1.0 else math.inf,
                "mia_posterior_bound": post,
                "unanimity_rate": float(state.get("unanimous", 0)) / n if "directions" in state else None,
