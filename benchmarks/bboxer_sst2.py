@@ -22,7 +22,8 @@ from privtune import rundir as R
 from privtune.data import balanced_pool
 from privtune.train import encode_examples, evaluate, prepare, train
 from privtune.trainable import load_trainable_state, trainable_state
-from privtune.zo.engine import Encoded, ZOEngine
+from privtune.zo.engine import ZOEngine
+from privtune.zo.forward import Encoded
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "configs" / "sst2_bboxer.yaml"
@@ -38,7 +39,7 @@ def scoring_pass_seconds(setup, n: int, repeats_cached: int = 20) -> dict:
     cached = subset(setup.pool, n)
     plain = Encoded(cached.ids, cached.labels, None)
     uncached_engine = ZOEngine(setup.sel, setup.verbalizer_ids, device=setup.engine.device,
-                               micro_batch=setup.engine.micro_batch, use_cache=False)
+                               micro_batch=setup.engine.forward.micro_batch, use_cache=False)
     times = []
     for _ in range(repeats_cached):
         t0 = time.perf_counter()

@@ -27,6 +27,8 @@ from privtune.methods.mezo import Mezo
 from privtune.methods.paczero import PACZero, subset_means
 from privtune.secrets import SecretKey
 from privtune.train import prepare
+from privtune.zo.seeds import direction_seed
+from privtune.zo.sums import zo_scalars
 
 
 def timed(fn) -> float:
@@ -63,7 +65,6 @@ def main():
 
     def naive(t, n_subsets):
         """What PACZero avoids: two passes per subset over that subset's examples."""
-        from privtune.zo.engine import direction_seed, zo_scalars
         seed = direction_seed(0, t)
         for m in range(n_subsets):
             idx = np.flatnonzero(pac.member[:, m]).tolist()

@@ -30,7 +30,8 @@ import torch
 from privtune import config as C
 from privtune.train import encode_examples, prepare
 from privtune.zo import kernels as Z
-from privtune.zo.engine import Direction, ZOEngine, direction_seed
+from privtune.zo.engine import ZOEngine
+from privtune.zo.seeds import Direction, direction_seed
 
 DEVICE = torch.device("cpu")  # set by --device
 
@@ -105,11 +106,10 @@ def bench_kind(model: str, kind: str, batch: int, repeats: int, cache: bool = Tr
         step_no[0] += 1
         for scale in (1e-3, -1e-3):
             d = Direction(seed, scale)
-            eng._active = d
-            for _, p in eng.params:
-                eng._value(p)
-            eng._active = None
-            eng._forget([d])
+            with eng.at(d):
+                for _, p in eng.params:
+                    eng.value(p)
+            eng.forget([d])
         eng.apply_update([(seed, 0.0)], 0.0)
 
     infer(), zo_step(), z_sweep()  # warm-up (and the triton kernels' compilation)
@@ -124,7 +124,7 @@ def bench_kind(model: str, kind: str, batch: int, repeats: int, cache: bool = Tr
     base = min(b for b, _ in m_inf + m_zo)
     peak_inf, peak_zo = max(p for _, p in m_inf), max(p for _, p in m_zo)
     out = {
-        "kind": kind, "prefix_cache": cache and eng.cache_layer > 0, "batch": batch,
+        "kind": kind, "prefix_cache": cache and eng.forward.cache_layer > 0, "batch": batch,
         "trainable_params": sum(p.numel() for _, p in setup.sel.params),
         "keep_z": eng.keep_z, "z_kernel": eng.z_kernel, "device": str(DEVICE),
         "z_sweep_s": statistics.median(t_z),

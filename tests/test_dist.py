@@ -18,7 +18,6 @@ from privtune import config as C
 from privtune import dist
 from privtune import rundir as R
 from privtune.train import train
-from privtune.zo import engine as E
 
 from conftest import tiny_cfg
 
@@ -163,49 +162,7 @@ def two_ranks(work):
     return launch(work, jobs)
 
 
-# -------------------------------------------------------------------------------- the reduction, in one process
-def test_chunks_of_a_union_of_whole_chunks_are_those_chunks():
-    """What makes sharding exact: rank r handed chunks r, r+P, ... recomputes exactly those micro-batches."""
-    rng = np.random.default_rng(0)
-    eng = E.ZOEngine.__new__(E.ZOEngine)
-    eng.micro_batch = 4
-    data = E.Encoded([[1] * int(n) for n in rng.integers(1, 9, 37)], torch.zeros(37, dtype=torch.long))
-    idx = rng.choice(37, 30, replace=False).tolist()
-    chunks = eng.chunks(data, idx)
-    assert sorted(j for c in chunks for j in c) == sorted(idx)
-    for P in (2, 3, 5):
-        for r in range(P):
-            mine = chunks[r::P]
-            assert eng.chunks(data, [j for c in mine for j in c]) == mine
-
-
-@pytest.mark.parametrize("P", [2, 3, 7])
-def test_chunk_sums_do_not_depend_on_the_number_of_processes(monkeypatch, P):
-    """chunk_sums with P simulated ranks (each computing its chunks, partial sums assembled as all_gather would)
-    equals the 1-process sum bit for bit, on values where summation order matters."""
-    rng = np.random.default_rng(1)
-    n = 29
-    vals = rng.normal(size=(n, 3)) * 10.0 ** rng.integers(-8, 9, size=(n, 1))
-
-    class Eng:
-        def chunks(self, data, idx):
-            order = sorted(idx)
-            return [order[s:s + 4] for s in range(0, len(order), 4)]
-
-    one = E.chunk_sums(Eng(), list(range(n)), None, lambda flat: vals[flat], 3)
-    parts = {}
-    monkeypatch.setitem(dist._state, "world", P)
-    for r in range(P):
-        monkeypatch.setitem(dist._state, "rank", r)
-        monkeypatch.setattr(dist, "gather_rows", lambda part, k, r=r: parts.__setitem__(r, part) or np.zeros((k, 3)))
-        E.chunk_sums(Eng(), list(range(n)), None, lambda flat: vals[flat], 3)
-    n_chunks = len(Eng().chunks(None, range(n)))
-    table = np.empty((n_chunks, 3))
-    for r in range(P):
-        table[r::P] = parts[r]
-    assert np.array_equal(E.ordered_sum(table), one)
-
-
+# ------------------------------------------------------ one process (the fixed-order reduction: tests/zo/test_sums.py)
 def test_single_process_helpers_are_the_identity():
     assert dist.world() == 1 and dist.rank() == 0 and dist.is_main()
     assert dist.shard(5) == [0, 1, 2, 3, 4]

@@ -8,7 +8,7 @@ from . import config as C
 from . import rundir as R
 from .errors import ConfigError, PrivtuneError
 from .trainable import load_trainable_state
-from .zo.engine import accuracy
+from .zo.sums import accuracy
 
 SPLITS = {"dev": "eval", "test": "eval", "eval": "eval", "validation": "eval", "train": "train"}
 

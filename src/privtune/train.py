@@ -34,7 +34,9 @@ from .methods import Method, method_class
 from .models import LoadedModel, load_model, resolve_device
 from .trainable import LoraSpec, Selection, load_trainable_state, select, trainable_state
 from .zo import kernels as Z
-from .zo.engine import Encoded, ZOEngine, accuracy
+from .zo.engine import ZOEngine
+from .zo.forward import Encoded
+from .zo.sums import accuracy
 
 log = logging.getLogger(__name__)
 Callback = Callable[[dict], None]
@@ -89,7 +91,7 @@ def encode_examples(setup: Setup, examples) -> Encoded:
     key = None if m.name == "tiny" else f"{m.name}|{m.dtype}"  # the tiny model builds its cache in milliseconds
     if key is not None and Path(m.name).is_dir():  # a local folder: its files' sizes and times identify the weights
         key += "|" + ";".join(f"{f.name}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in sorted(Path(m.name).iterdir()))
-    return setup.engine.encode(ids, [ex.label for ex in examples], disk_key=key)
+    return setup.engine.forward.encode(ids, [ex.label for ex in examples], disk_key=key)
 
 
 def prepare(cfg, *, need_pool: bool = True, need_eval: bool = True, callback: Callback | None = None,

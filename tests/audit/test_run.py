@@ -35,7 +35,7 @@ def overfit(run, cfg, epochs=60, lr=1e-2):
     with torch.enable_grad():
         for _ in range(epochs):
             logits = model(input_ids=ids, attention_mask=attn, position_ids=pos, logits_to_keep=1).logits[:, -1]
-            loss = F.cross_entropy(logits[:, setup.engine.verb], pool.labels)
+            loss = F.cross_entropy(logits[:, setup.engine.forward.verb], pool.labels)
             opt.zero_grad()
             loss.backward()
             opt.step()

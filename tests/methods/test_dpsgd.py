@@ -31,7 +31,7 @@ def manual_per_example_grads(setup, m, idx):
     """Per-example gradients by one autograd pass per example (no Opacus)."""
     out = []
     for i in idx:
-        logits = setup.engine._forward(setup.pool, [[i]], [None])[0][0]
+        logits = setup.engine.forward.chunk_logits(setup.pool, [[i]])[0][0]
         loss = F.cross_entropy(logits, setup.pool.labels[[i]])
         out.append(torch.autograd.grad(loss, m.params))
     return out

@@ -1,9 +1,13 @@
+"""The ZO engine (zo.engine): θ ± εz just in time with θ bit-exactly untouched, and the update along z."""
+
 import pytest
 import torch
 
 from privtune.models import build_tiny
 from privtune.trainable import select
-from privtune.zo.engine import Direction, ZOEngine, derive_seed, direction_seed
+from privtune.zo.engine import ZOEngine
+from privtune.zo.forward import geometry, left_pad, run_blocks
+from privtune.zo.seeds import Direction, direction_seed
 
 TEXTS = ["a fine film", "the worst thing i have seen in years , truly", "ok", "great great great acting here",
          "not bad at all but too long", "dull", "a charming , funny and moving story", "why"] * 2
@@ -13,7 +17,7 @@ def make(kind="top_layers:2", cache=True, micro=4, seed=0):
     lm = build_tiny(seed)
     sel = select(lm.model, kind, seed=seed)
     eng = ZOEngine(sel, lm.codec.verbalizer_ids([" bad", " good"]), micro_batch=micro, use_cache=cache)
-    data = eng.encode([lm.codec.encode(t) for t in TEXTS], [i % 2 for i in range(len(TEXTS))])
+    data = eng.forward.encode([lm.codec.encode(t) for t in TEXTS], [i % 2 for i in range(len(TEXTS))])
     return sel, eng, data
 
 
@@ -37,14 +41,6 @@ def test_perturbation_changes_losses_and_sign_matters():
     assert not torch.allclose(base.double(), lp) and not torch.allclose(lp, lm)
 
 
-def test_same_seed_same_direction_different_seed_different():
-    p = torch.zeros(5, 7)
-    a, b, c = Direction(42, 1.0).z(3, p), Direction(42, 1.0).z(3, p), Direction(43, 1.0).z(3, p)
-    assert torch.equal(a, b) and not torch.equal(a, c)
-    assert not torch.equal(Direction(42, 1.0).z(4, p), a)  # each parameter has its own stream
-    assert derive_seed(1, 2) == derive_seed(1, 2) != derive_seed(2, 1)
-
-
 def test_batched_per_example_losses_equal_one_at_a_time():
     sel, eng, data = make(cache=False, micro=16)
     d = Direction(5, 1e-2)
@@ -63,22 +59,14 @@ def test_prefix_cache_losses_equal_uncached(kind):
         verb = lm.codec.verbalizer_ids([" bad", " good"])
         ids = [lm.codec.encode(t) for t in TEXTS]
         e1, e2 = ZOEngine(sel, verb, use_cache=True), ZOEngine(sel, verb, use_cache=False)
-        d1, d2 = e1.encode(ids, [0] * len(ids)), e2.encode(ids, [0] * len(ids))
+        d1, d2 = e1.forward.encode(ids, [0] * len(ids)), e2.forward.encode(ids, [0] * len(ids))
     else:
         sel, e1, d1 = make(kind, cache=True)
-        e2 = ZOEngine(sel, e1.verb.tolist(), micro_batch=4, use_cache=False)
-        d2 = e2.encode(d1.ids, d1.labels)
+        e2 = ZOEngine(sel, e1.forward.verb.tolist(), micro_batch=4, use_cache=False)
+        d2 = e2.forward.encode(d1.ids, d1.labels)
     assert d1.cache is not None and d2.cache is None
     for direction in (None, Direction(9, 1e-2), Direction(9, -1e-2)):
         assert torch.allclose(e1.losses(d1, None, direction), e2.losses(d2, None, direction), atol=1e-5)
-
-
-def test_duplicate_indices_and_order_preserved():
-    sel, eng, data = make()
-    idx = [3, 1, 3, 0]
-    lg = eng.logits(data, idx)
-    assert torch.equal(lg[0], lg[2])
-    assert torch.allclose(lg[1], eng.logits(data, [1])[0], atol=1e-6)
 
 
 def test_update_moves_along_z_only_trainable():
@@ -121,18 +109,43 @@ def test_zo_scalar_approximates_directional_derivative():
 
 
 def _grad_logits(eng, data, idx):
-    ids, attn = eng._pad(data, idx)
-    h = eng.base.embed_tokens(ids)
-    h = eng._run_layers(h, attn, 0, len(eng.layers))
-    return eng.base.norm(h[:, -1]) @ eng.head_weight[eng.verb].T
+    fwd = eng.forward
+    ids, attn = left_pad([data.ids[j] for j in idx], fwd.pad_id)
+    h = fwd.base.embed_tokens(ids)
+    h = run_blocks(fwd.layers, h, geometry(fwd.base.rotary_emb, attn, h))
+    return fwd.base.norm(h[:, -1]) @ fwd.head_weight[fwd.verb].T
 
 
 @pytest.mark.parametrize("kind", ["top_layers:1", "lora", "full"])
 def test_last_position_block_equals_full_block(kind):
     sel, eng, data = make(kind, cache=False, micro=5)
-    assert eng.last_position_only
+    assert eng.forward.last_position_only
     d = Direction(3, 1e-2)
     fast = eng.logits(data, None, d)
-    eng.last_position_only = False
+    eng.forward.last_position_only = False
     slow = eng.logits(data, None, Direction(3, 1e-2))
     assert torch.allclose(fast, slow, atol=1e-5)
+
+
+def test_value_is_theta_plus_scaled_z_only_inside_at_and_forget_drops_it():
+    """The perturbation interface zo.forward runs under: what a trainable parameter stands for, when."""
+    sel, eng, _ = make("top_layers:1", cache=False)
+    i, (_, p) = 0, sel.params[0]
+    d = Direction(13, 0.5)
+    assert eng.value(p) is p  # no direction active: θ
+    with eng.at(d):
+        v = eng.value(p)
+        assert eng.value(p) is v  # built once per direction
+    assert torch.equal(v, torch.add(p.detach(), Direction(13, 1.0).z(i, p), alpha=0.5))
+    assert eng.value(p) is p
+    eng.forget([d])
+    assert d.values == {}
+
+
+def test_an_error_inside_a_perturbed_pass_leaves_no_direction_active():
+    sel, eng, data = make("top_layers:1", cache=False)
+    base = eng.losses(data)
+    with pytest.raises(RuntimeError, match="boom"):
+        with eng.at(Direction(13, 0.5)):
+            raise RuntimeError("boom")
+    assert torch.equal(eng.losses(data), base)

@@ -21,7 +21,7 @@ from privtune.cli import app
 from privtune.errors import ConfigError
 from privtune.replay import replay, verify
 from privtune.zo import kernels as Z
-from privtune.zo.engine import Direction
+from privtune.zo.seeds import Direction
 
 from conftest import tiny_cfg
 
@@ -36,7 +36,7 @@ import torch
 
 from privtune import config as C
 from privtune.train import encode_examples, prepare, train
-from privtune.zo.engine import Direction
+from privtune.zo.seeds import Direction
 from privtune.zo.kernels import TritonZ, interpreting
 
 out, cfgs = Path(sys.argv[1]), json.loads(sys.argv[2])

@@ -21,6 +21,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..zo.forward import left_pad, length_sorted_chunks, position_ids
+
 ATTACKS = ("loss", "zlib", "mink", "minkpp", "ref")
 LM_ATTACKS = {"zlib", "mink", "minkpp"}  # need a full-vocabulary forward of every token
 K_FRACTION = 0.2  # Min-K% and Min-K%++: the 20% least likely tokens
@@ -30,18 +32,11 @@ K_FRACTION = 0.2  # Min-K% and Min-K%++: the 20% least likely tokens
 def token_stats(model, sequences: list[list[int]], device, pad_id: int = 0, micro_batch: int = 16) -> list[dict]:
     """Per sequence: log p(x_t | x_<t) for t ≥ 1, and μ_t, σ_t of log p(·|x_<t) under the model (Min-K%++)."""
     out: list[dict] = [None] * len(sequences)
-    order = sorted(range(len(sequences)), key=lambda j: (len(sequences[j]), j))
-    for s in range(0, len(order), micro_batch):
-        chunk = order[s:s + micro_batch]
-        T = max(len(sequences[j]) for j in chunk)
-        ids = torch.full((len(chunk), T), pad_id, dtype=torch.long)
-        attn = torch.zeros((len(chunk), T), dtype=torch.long)
-        for row, j in enumerate(chunk):
-            ids[row, T - len(sequences[j]):] = torch.tensor(sequences[j])
-            attn[row, T - len(sequences[j]):] = 1
+    for chunk in length_sorted_chunks(sequences, range(len(sequences)), micro_batch):
+        ids, attn = left_pad([sequences[j] for j in chunk], pad_id)
         ids, attn = ids.to(device), attn.to(device)
-        pos = (attn.cumsum(-1) - 1).clamp(min=0)
-        logits = model(input_ids=ids, attention_mask=attn, position_ids=pos).logits.float()
+        T = ids.shape[1]
+        logits = model(input_ids=ids, attention_mask=attn, position_ids=position_ids(attn)).logits.float()
         logp = F.log_softmax(logits[:, :-1], dim=-1)  # predicts tokens 1..T-1
         target = logp.gather(-1, ids[:, 1:, None])[..., 0]
         p = logp.exp()

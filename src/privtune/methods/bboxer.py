@@ -30,7 +30,7 @@ from ..config import PosFloat, PosInt, ZOCfg
 from ..errors import ConfigError
 from ..privacy.bounds import mi_to_posterior
 from ..privacy.generalization import bits_mi_bound, generalization_gap_bound, ranking_bits, released_bits
-from ..zo.engine import derive_seed
+from ..zo.seeds import derive_seed
 from . import Method, Release
 
 CMA_MAX_DIM = 2000  # full-covariance CMA stores d×d: above this, use diagonal_cma

@@ -47,10 +47,10 @@ class _Suffix(torch.nn.Module):
     """The modules a DP step differentiates through (the blocks above the frozen-prefix cache and the final norm),
     registered under one parent so that opacus.GradSampleModule hooks every one owning a trainable parameter."""
 
-    def __init__(self, engine):
+    def __init__(self, forward):
         super().__init__()
-        self.blocks = torch.nn.ModuleList(engine.layers[engine.cache_layer:])
-        self.norm = engine.base.norm
+        self.blocks = torch.nn.ModuleList(forward.layers[forward.cache_layer:])
+        self.norm = forward.base.norm
 
 
 class DPSGD(dpzero.DPZero):
@@ -66,13 +66,14 @@ class DPSGD(dpzero.DPZero):
         from .. import dist
 
         dist.require_single(self.name)
-        if engine.base is None:
+        fwd = engine.forward
+        if fwd.base is None:
             raise ConfigError("model.name: dpsgd needs a Llama-style decoder (model.layers, model.norm)")
-        if id(engine.head_weight) in engine.index or id(engine.base.embed_tokens.weight) in engine.index:
+        if id(fwd.head_weight) in engine.index or id(fwd.base.embed_tokens.weight) in engine.index:
             raise ConfigError(f"trainable.kind: {engine.sel.kind!r} trains the embedding / LM head, which DP-SGD "
                               "here does not support; use lora, norms, final_norm or top_layers:K")
         self.params = [p for _, p in engine.params]
-        self.suffix = _Suffix(engine)
+        self.suffix = _Suffix(fwd)
         self.gsm = GradSampleModule(self.suffix, batch_first=True, loss_reduction="sum", strict=False)
         self.gsm.disable_hooks()  # on only inside per_sample_grads: evaluation and other passes stay untouched
         groups = [{"params": [p for p in self.params if p.ndim >= 2], "weight_decay": cfg.weight_decay},
@@ -91,7 +92,7 @@ class DPSGD(dpzero.DPZero):
     def per_sample_grads(self, idx: list[int]) -> None:
         """Fill p.grad_sample [|idx|, *p.shape] with the per-example gradients of the summed verbalizer CE, rows in
         the engine's chunk order (kept in `self.order`; the mechanism only ever sums them)."""
-        eng = self.engine
+        fwd = self.engine.forward
         for p in self.params:
             p.grad_sample = None
         self.order = []
@@ -100,7 +101,7 @@ class DPSGD(dpzero.DPZero):
                 p.grad_sample = p.new_zeros((0, *p.shape))
             return
         parts: dict[int, list[torch.Tensor]] = {id(p): [] for p in self.params}
-        chunks = eng._chunks(sorted(idx), self.pool)
+        chunks = fwd.chunks(self.pool, idx)
         self.order = [j for c in chunks for j in c]
         self.suffix.train()  # Opacus records activations only in training mode (the blocks have no dropout here)
         self.gsm.enable_hooks()
@@ -109,7 +110,7 @@ class DPSGD(dpzero.DPZero):
                 with torch.enable_grad(), warnings.catch_warnings():
                     # the cached prefix states need no gradient; Opacus' hooks still fire on the modules' outputs
                     warnings.filterwarnings("ignore", message="Full backward hook is firing")
-                    logits = eng._forward(self.pool, [chunk], [None])[0][0]
+                    logits = fwd.chunk_logits(self.pool, [chunk])[0][0]
                     loss = F.cross_entropy(logits, self.pool.labels[chunk].to(logits.device), reduction="sum")
                     loss.backward()
                 for p in self.params:

@@ -33,7 +33,8 @@ from ..data import sample_batch
 from ..errors import ConfigError, TrainingDiverged
 from ..privacy import dp
 from ..privacy.bounds import eps_to_posterior
-from ..zo.engine import direction_seed, pair_sums, zo_scalars
+from ..zo.seeds import direction_seed
+from ..zo.sums import pair_sums, zo_scalars
 from . import TIMING_RESIDUAL, Method, Release
 
 Delta = Annotated[float, Field(gt=0, lt=1)]

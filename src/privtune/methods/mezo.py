@@ -10,7 +10,8 @@ import torch
 from ..config import MezoCfg as Config
 from ..data import sample_batch
 from ..errors import TrainingDiverged
-from ..zo.engine import direction_seed, pair_sums, zo_scalars
+from ..zo.seeds import direction_seed
+from ..zo.sums import pair_sums, zo_scalars
 from . import Method, Release
 
 
@@ -26,7 +27,7 @@ class Mezo(Method):
             seed = direction_seed(self.run_seed, t, k)
             rows = lambda lp, lm, ex: torch.stack([zo_scalars(lp, lm, cfg.eps), lp, lm], 1).numpy()
             sum_g, sum_lp, sum_lm = pair_sums(self.engine, self.pool, idx, seed, cfg.eps, rows, 3)
-            g = float(sum_g) / len(idx)  # the batch mean of g_i, summed in chunk order (zo.engine.chunk_sums)
+            g = float(sum_g) / len(idx)  # the batch mean of g_i, summed in chunk order (zo.sums.chunk_sums)
             losses.append((float(sum_lp) / len(idx) + float(sum_lm) / len(idx)) / 2)
             if not math.isfinite(g):
                 raise TrainingDiverged(f"training: loss is NaN/inf at step {t}")

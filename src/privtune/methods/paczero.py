@@ -23,7 +23,8 @@ from .. import dist
 from ..config import NonNegFloat, PosFloat, PosInt, ZOCfg
 from ..errors import BudgetError, ConfigError, TrainingDiverged
 from ..privacy import bounds, pac
-from ..zo.engine import derive_seed, direction_seed, pair_sums, zo_scalars
+from ..zo.seeds import derive_seed, direction_seed
+from ..zo.sums import pair_sums, zo_scalars
 from . import TIMING_RESIDUAL, Method, Release
 
 
@@ -66,7 +67,7 @@ def subset_means(g: np.ndarray, member: np.ndarray) -> np.ndarray:
 
 def subset_rows(g: np.ndarray, member: np.ndarray, clip: float) -> np.ndarray:
     """Per example: clip_c(g_i) in the columns of its subsets (0 elsewhere), then 1 if g_i is NaN/inf. Summed over
-    examples (zo.engine.chunk_sums) this gives every subset's sum of clipped scalars and the count of bad scalars."""
+    examples (zo.sums.chunk_sums) this gives every subset's sum of clipped scalars and the count of bad scalars."""
     rows = np.where(member, np.clip(g, -clip, clip)[:, None], 0.0)
     return np.column_stack([rows, ~np.isfinite(g)])
 

@@ -26,6 +26,7 @@ import torch
 
 from ..data import TASKS, load_task
 from ..errors import ConfigError, DataError, PrivtuneError
+from ..zo.forward import geometry, left_pad, left_pad_states, run_blocks
 from . import forward as FW
 
 
@@ -75,17 +76,6 @@ def corpus_texts(opt: DistillOptions) -> tuple[list[str], dict]:
     return [texts[i] for i in idx], ident
 
 
-def _padded(states: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Left-padded [B, T, d] and the [B, T] attention mask of per-sequence [len_i, d] states."""
-    T = max(s.shape[0] for s in states)
-    h = states[0].new_zeros((len(states), T, states[0].shape[1]))
-    attn = torch.zeros((len(states), T), dtype=torch.long)
-    for row, s in enumerate(states):
-        h[row, T - s.shape[0]:] = s
-        attn[row, T - s.shape[0]:] = 1
-    return h, attn
-
-
 @torch.no_grad()
 def boundary_states(full, n: int, ids: list[list[int]], pad_id: int, micro_batch: int = 16):
     """Per sequence: the bottom adapters' output (the middle's input) and the full middle's output."""
@@ -93,11 +83,11 @@ def boundary_states(full, n: int, ids: list[list[int]], pad_id: int, micro_batch
     L = len(layers)
     h_in, h_out = [], []
     for chunk in FW.batches(len(ids), micro_batch):
-        x, attn = FW.pad_batch([ids[j] for j in chunk], pad_id)
+        x, attn = left_pad([ids[j] for j in chunk], pad_id)
         h = full.model.embed_tokens(x)
-        geo = FW.geometry(full, attn, h)
-        a = FW.run_blocks(layers[:n], h, geo)
-        b = FW.run_blocks(layers[n:L - n], a, geo)
+        geo = geometry(full.model.rotary_emb, attn, h)
+        a = run_blocks(layers[:n], h, geo)
+        b = run_blocks(layers[n:L - n], a, geo)
         for row, j in enumerate(chunk):
             k = len(ids[j])
             h_in.append(a[row, -k:].clone())
@@ -116,9 +106,9 @@ def _nmse(emu_mid, emu, h_in, h_out, sigma, idx, micro_batch: int = 16) -> float
 
 
 def _errors(emu_mid, emu, h_in, h_out, sigma):
-    x, attn = _padded(h_in)
-    y, _ = _padded(h_out)
-    out = FW.run_blocks(emu_mid, x, FW.geometry(emu, attn, x))
+    x, attn = left_pad_states(h_in)
+    y, _ = left_pad_states(h_out)
+    out = run_blocks(emu_mid, x, geometry(emu.model.rotary_emb, attn, x))
     m = attn.bool()
     err = (((out - y) / sigma) ** 2)[m]
     return err, m

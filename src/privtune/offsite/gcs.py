@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..zo.forward import left_pad
 from . import forward as FW
 
 
@@ -77,7 +78,7 @@ def kfac_stats(model, modules: dict[str, torch.nn.Linear], ids: list[list[int]],
     try:
         for chunk in FW.batches(len(ids), micro_batch):
             batch = [ids[j] for j in chunk]
-            _, attn = FW.pad_batch(batch, pad_id)
+            _, attn = left_pad(batch, pad_id)
             state["mask"] = attn
             loss = FW.loss(model, batch, labels[chunk], verb, pad_id) * (len(chunk) / len(ids))
             loss.backward()

@@ -29,7 +29,7 @@ import os
 import torch
 
 from ..errors import ConfigError
-from .engine import Direction, derive_seed
+from .seeds import Direction, derive_seed
 
 KERNELS = ("auto", "torch", "triton")
 GPU_BLOCK = 1024  # elements per program on a GPU

@@ -1,0 +1,68 @@
+"""Reductions in one fixed order: the ZO scalar, and the sums every method takes over a batch's examples.
+
+A method's data-dependent sums decide the final weights, so they are added in an order that depends on nothing but
+the examples: example order inside each of the engine's micro-batches (chunks), then chunk order. That order does
+not change with the number of processes (see chunk_sums), which makes the weights bit-identical under torchrun.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from .. import dist
+
+
+def zo_scalars(lp: torch.Tensor, lm: torch.Tensor, eps: float) -> torch.Tensor:
+    """g_i = (ℓ_i(θ+εz) − ℓ_i(θ−εz)) / 2ε (MeZO, Malladi et al. 2023, Alg. 1: projected gradient)."""
+    return (lp - lm) / (2.0 * eps)
+
+
+def ordered_sum(rows) -> np.ndarray:
+    """Σ of the rows of a [k, w] float64 array, added one row at a time in row order."""
+    rows = np.asarray(rows, dtype=np.float64)
+    total = np.zeros(rows.shape[1:], dtype=np.float64)
+    for row in rows:
+        total += row
+    return total
+
+
+def chunk_sums(engine, data, idx, rows_of, width: int) -> np.ndarray:
+    """Σ_i rows_of(examples)_i over the distinct examples `idx` (None = all): float64 [width], summed in one order
+    that does not depend on the number of processes — example order inside each of the engine's chunks, then chunk
+    order. `rows_of(examples)` gives one float64 row of `width` per example (elementwise in its inputs).
+
+    Under torchrun rank r computes only chunks r, r+P, ... (the very chunks one process uses, so the same floats);
+    the per-chunk partial sums are gathered (dist.gather_rows) and added in chunk order on every rank, so every
+    method's data-dependent sum, and with it the final weights, is bit-identical for any P. Every method uses this.
+    An engine without micro-batches (a test double) is one chunk."""
+    idx = list(range(len(data))) if idx is None else [int(i) for i in idx]
+    chunks = engine.chunks(data, idx) if hasattr(engine, "chunks") else ([idx] if idx else [])
+    mine = [chunks[c] for c in dist.shard(len(chunks))]
+    part = np.zeros((len(mine), width), dtype=np.float64)
+    flat = [j for c in mine for j in c]
+    if flat:
+        rows = np.asarray(rows_of(flat), dtype=np.float64).reshape(len(flat), width)
+        at = 0
+        for k, c in enumerate(mine):
+            part[k] = ordered_sum(rows[at:at + len(c)])
+            at += len(c)
+    return ordered_sum(dist.gather_rows(part, len(chunks)))
+
+
+def pair_sums(engine, data, idx, seed: int, eps: float, values, width: int) -> np.ndarray:
+    """chunk_sums of values(ℓ⁺, ℓ⁻, examples) → [n, width], from the per-example losses at θ ± εz (one batched pass
+    per sign over this rank's chunks)."""
+    def rows_of(flat):
+        lp, lm = engine.pair_losses(data, flat, seed, eps)
+        return values(lp.cpu(), lm.cpu(), flat)
+    return chunk_sums(engine, data, idx, rows_of, width)
+
+
+def accuracy(engine, data) -> tuple[float, int]:
+    """Eval accuracy of a ZOEngine on Encoded `data`; under torchrun each rank scores its share of the chunks."""
+    def hits(flat):
+        lg = engine.logits(data, flat)
+        return (lg.argmax(-1).cpu() == data.labels[flat]).double().numpy()
+    correct = int(chunk_sums(engine, data, None, hits, 1)[0])
+    return correct / max(len(data), 1), correct
