@@ -30,6 +30,7 @@ class _Progress:
 
     def __init__(self, desc: str, quiet: bool = False):
         self.desc, self.quiet, self.bar = desc, quiet, None
+        self.score_bar = None  # evaluation progress (examples scored), apart from the training-step bar
 
     def __call__(self, ev: dict) -> None:
         kind = ev.get("event")
@@ -55,6 +56,13 @@ class _Progress:
             (self.bar.write(msg, file=sys.stderr) if self.bar else typer.echo(msg, err=True))
         elif kind in ("done", "stopped") and self.bar is not None:
             self.bar.close()
+        elif kind == "score":
+            if self.score_bar is None:
+                self.score_bar = tqdm(total=ev["total"], desc="eval", unit="ex", dynamic_ncols=True, file=sys.stderr)
+            self.score_bar.update(ev["done"] - self.score_bar.n)
+            if ev["done"] >= ev["total"]:
+                self.score_bar.close()
+                self.score_bar = None
 
 
 def _run(fn):
@@ -104,13 +112,16 @@ def eval_cmd(
     """Accuracy of a trained run (RUN_DIR) or of a base model (--model NAME) on a task split."""
     from .evaluate import evaluate_base, evaluate_run
 
+    progress = _Progress("eval")
+
     def go():
         if (run_dir is None) == (model is None):
             raise PrivtuneError("eval: give exactly one of RUN_DIR or --model")
         verb = verbalizer.split(",") if verbalizer is not None else None
         if run_dir is not None:
-            return evaluate_run(run_dir, split=split, limit=limit)
-        return evaluate_base(model, task, split=split, limit=limit, template=template, verbalizer=verb)
+            return evaluate_run(run_dir, split=split, limit=limit, callback=progress)
+        return evaluate_base(model, task, split=split, limit=limit, template=template, verbalizer=verb,
+                             callback=progress)
 
     result = _run(go)
     if out is not None:

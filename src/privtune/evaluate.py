@@ -13,7 +13,7 @@ from .zo.sums import accuracy
 SPLITS = {"dev": "eval", "test": "eval", "eval": "eval", "validation": "eval", "train": "train"}
 
 
-def _score(cfg, split: str, weights: Path | None = None) -> dict:
+def _score(cfg, split: str, weights: Path | None = None, callback=None) -> dict:
     from .train import encode_examples, prepare
 
     if split not in SPLITS:
@@ -24,12 +24,16 @@ def _score(cfg, split: str, weights: Path | None = None) -> dict:
     examples = setup.task.eval if SPLITS[split] == "eval" else setup.task.train
     if cfg.task.eval_limit:
         examples = examples[: cfg.task.eval_limit]
-    acc, correct = accuracy(setup.engine, encode_examples(setup, examples))
+    if callback is not None:
+        callback({"event": "status", "message": f"encoding {len(examples)} {split} examples"})
+    data = encode_examples(setup, examples)
+    acc, correct = accuracy(setup.engine, data, callback=callback)
     return {"accuracy": acc, "correct": correct, "total": len(examples), "model": cfg.model.name,
             "task": cfg.task.name, "split": split, "template": setup.task.template, "verbalizer": setup.task.verbalizer}
 
 
-def evaluate_run(run_dir: str | Path, split: str = "dev", limit: int | None = None) -> dict:
+def evaluate_run(run_dir: str | Path, split: str = "dev", limit: int | None = None, callback=None) -> dict:
+    """`callback` gets progress events: a status line, then {"event": "score", "done", "total"} per micro-batch."""
     run = Path(run_dir)
     weights = run / R.MODEL_DIR / "trainable.safetensors"
     if not (run / R.CONFIG).is_file():
@@ -39,14 +43,14 @@ def evaluate_run(run_dir: str | Path, split: str = "dev", limit: int | None = No
     data = C.load_yaml(run / R.CONFIG)
     if limit is not None:
         data.setdefault("task", {})["eval_limit"] = limit  # default: the run's own eval set
-    result = {"run_dir": str(run), **_score(C.build(data), split, weights)}
+    result = {"run_dir": str(run), **_score(C.build(data), split, weights, callback)}
     R.atomic_write_json(run / f"eval_{split}.json", result)
     return result
 
 
 def evaluate_base(model: str, task: str, split: str = "dev", limit: int | None = None, template: str | None = None,
-                  verbalizer: list[str] | None = None, device: str = "auto") -> dict:
+                  verbalizer: list[str] | None = None, device: str = "auto", callback=None) -> dict:
     cfg = C.build({"model": {"name": model, "device": device},
                    "task": {"name": task, "template": template, "verbalizer": verbalizer, "eval_limit": limit},
                    "trainable": {"kind": "norms"}, "train": {"prefix_cache": False}})
-    return _score(cfg, split)
+    return _score(cfg, split, callback=callback)

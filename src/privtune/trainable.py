@@ -8,6 +8,7 @@ and `first_trainable_layer`: every block below it (and the embedding) is frozen,
 from __future__ import annotations
 
 import re
+import warnings
 from dataclasses import dataclass, field
 
 import torch
@@ -118,7 +119,11 @@ def _wrap_lora(model, spec: LoraSpec, n_layers: int, seed: int):
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)  # LoRA A init is random: make it a function of the run seed
         try:
-            wrapped = get_peft_model(model, cfg)
+            with warnings.catch_warnings():
+                # peft reads model.is_gradient_checkpointing, which transformers 5 deprecates with a FutureWarning on
+                # every wrap; privtune never checkpoints activations, so the notice only tells a user about peft
+                warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing", category=FutureWarning)
+                wrapped = get_peft_model(model, cfg)
         except ValueError as e:
             raise ConfigError(f"trainable.lora.target_modules: {str(e).splitlines()[0]}") from None
     wrapped.eval()

@@ -74,3 +74,21 @@ def test_accuracy_counts_argmax_hits():
             return torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0]])[idx]
 
     assert accuracy(Eng(), data) == (2 / 3, 2)
+
+
+def test_accuracy_reports_each_chunk_it_scores():
+    data = Encoded([[1], [2], [3], [4], [5]], torch.tensor([0, 1, 1, 0, 0]))
+    seen = []
+
+    class Eng:
+        def chunks(self, data, idx):
+            return [[0, 1], [2, 3], [4]]
+
+        def logits(self, data, idx):
+            seen.append(list(idx))
+            return torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])[idx]
+
+    events = []
+    assert accuracy(Eng(), data, callback=events.append) == (3 / 5, 3)
+    assert seen == [[0, 1], [2, 3], [4]]  # one pass per chunk
+    assert events == [{"event": "score", "done": d, "total": 5} for d in (2, 4, 5)]

@@ -59,10 +59,21 @@ def pair_sums(engine, data, idx, seed: int, eps: float, values, width: int) -> n
     return chunk_sums(engine, data, idx, rows_of, width)
 
 
-def accuracy(engine, data) -> tuple[float, int]:
-    """Eval accuracy of a ZOEngine on Encoded `data`; under torchrun each rank scores its share of the chunks."""
+def accuracy(engine, data, callback=None) -> tuple[float, int]:
+    """Eval accuracy of a ZOEngine on Encoded `data`; under torchrun each rank scores its share of the chunks.
+    `callback` (optional) gets {"event": "score", "done": n, "total": N} after each micro-batch, counting the
+    examples this rank scores: an evaluation over thousands of examples takes minutes on a CPU."""
     def hits(flat):
-        lg = engine.logits(data, flat)
-        return (lg.argmax(-1).cpu() == data.labels[flat]).double().numpy()
+        # One micro-batch per pass (a chunk's logits do not depend on the other chunks, so these are the floats of
+        # one pass over all of them), so that progress can be reported between chunks.
+        parts = engine.chunks(data, flat) if hasattr(engine, "chunks") else [flat]
+        hit, done = {}, 0
+        for part in parts:
+            lg = engine.logits(data, part)
+            hit.update(zip(part, (lg.argmax(-1).cpu() == data.labels[part]).tolist()))
+            done += len(part)
+            if callback is not None:
+                callback({"event": "score", "done": done, "total": len(flat)})
+        return np.array([float(hit[j]) for j in flat], dtype=np.float64)
     correct = int(chunk_sums(engine, data, None, hits, 1)[0])
     return correct / max(len(data), 1), correct
