@@ -1,0 +1,299 @@
+"""The config reference, generated from the pydantic schema: every key, its type, default and meaning.
+
+`python -m privtune.schema_doc > docs/config.md` writes the Markdown reference; `render_text(method)` is the plain
+text a `privtune config show [--method M]` can print. Keys, types and defaults come from `config.run_model()` (the
+method section from each registered method's Config), so a new field appears here without a docs edit. A meaning is
+the field's `Field(description=...)`, else an entry of MEANINGS below, else the comment on (or just above) the
+field's line in its class's source; tests/test_schema_doc.py fails when a field has none, or when docs/config.md
+is not what this module renders.
+"""
+
+from __future__ import annotations
+
+import inspect
+import io
+import sys
+import textwrap
+import tokenize
+import types
+import typing
+from dataclasses import dataclass
+from functools import lru_cache
+
+import annotated_types as at
+from pydantic import BaseModel
+
+from . import config as C
+from .errors import ConfigError
+
+# Meanings for fields whose source gives none, or too terse a one: an entry wins over the source comment. "method.K"
+# applies to every method that has K, "method.M.K" to method M only (and wins over "method.K").
+MEANINGS = {
+    "model.dtype": "floating-point type the model's weights are loaded and trained in",
+    "task.train_path": "task custom: the training file (TSV, CSV, JSONL, Parquet or a `datasets` save_to_disk "
+                       "folder); relative paths are taken from the working directory",
+    "task.eval_path": "task custom: the evaluation file (same formats as train_path)",
+    "task.text_column": "column holding the input text",
+    "task.label_column": "column holding the label: an integer 0..n-1 or a name listed in label_names",
+    "task.label_names": "label names as written in the files, in label order (verbalizer[i] is the word for "
+                        "label_names[i]); default per built-in task",
+    "task.template": "prompt; must contain {text} once; the model scores the next token after it (default per "
+                     "task)",
+    "task.verbalizer": "one single-token word per label, in label order (usually with a leading space); default "
+                       "per task",
+    "trainable.kind": "which parameters train: lora | full | norms | final_norm | top_layers:K",
+    "trainable.lora.r": "LoRA rank (at most the model's hidden size)",
+    "trainable.lora.alpha": "LoRA scale numerator (the update is scaled by alpha / r)",
+    "trainable.lora.target_modules": "module names that get adapters",
+    "method.name": "which method this section configures",
+    "method.lr": "learning rate",
+    "method.eps": "ZO perturbation scale ε: losses are taken at θ ± εz",
+    "method.weight_decay": "weight decay λ (matrices only, not norms or biases)",
+    "method.batch_size": "examples per step",
+    "method.directions": "K: random directions per step, each a two-sided perturbation ±εz",
+    "method.lr_power": "exponent of the polynomial learning-rate decay (lr_schedule polynomial)",
+    "method.lr_schedule": "learning-rate schedule over train.steps",
+    "method.delta": "δ of the (ε, δ)-DP guarantee",
+    "method.accountant": "dp_accounting accountant that relates σ, the sampling rate and the steps to ε: rdp | pld",
+    "method.dpzo.accountant": "dp_accounting accountant that relates σ, the sampling rate and the steps to ε: rdp | "
+                              "pld (sub-sampled Laplace is accounted with pld only)",
+    "method.sampling": "how a step's batch is drawn from the pool with the secret key: poisson (each example "
+                       "with probability q) or fixed (a batch of exactly batch_size)",
+    "method.paczero.mode": "zpl (I = 0: release the secret subset's sign only when all M subsets agree, else a "
+                           "public coin) or mi (noisy sign within an MI budget)",
+    "method.paczero.subsets": "M: number of candidate subsets of the pool, one of them secretly trained on (even)",
+    "method.paczero.batch_size": "unused by PACZero (every step scores the whole pool)",
+    "method.paczero.allocation": "how the MI budget is spread over steps (mode mi): adaptive or uniform",
+    "method.dpzero.batch_size": "examples per step; with sampling poisson the expected batch size (q = batch_size / "
+                                "pool_size)",
+    "method.dpzo.batch_size": "examples per step; with sampling poisson the expected batch size (q = batch_size / "
+                              "pool_size)",
+    "method.dpsgd.batch_size": "examples per step; with sampling poisson the expected batch size (q = batch_size / "
+                               "pool_size)",
+    "method.dpzo.mechanism": "noise added to the clipped sum: gaussian or laplace",
+    "method.dpsgd.optimizer": "optimizer applied to the privatized gradient: adam or sgd",
+    "method.dpsgd.eps": "unused by DP-SGD (a zeroth-order field)",
+    "method.dpsgd.directions": "unused by DP-SGD (a zeroth-order field; must stay 1)",
+    "method.bboxer.lr": "unused by BBoxER (it moves x by its optimizer, not by lr)",
+    "method.bboxer.eps": "unused by BBoxER (a zeroth-order field)",
+    "method.bboxer.batch_size": "unused by BBoxER (every candidate is scored on the whole pool)",
+    "method.bboxer.directions": "unused by BBoxER (a zeroth-order field)",
+    "method.bboxer.optimizer": "nevergrad optimizer searching x",
+    "method.bboxer.comparison": "what is released per step: incumbent (one bit: did the candidate beat the "
+                                "incumbent?) or ranking (the order of `population` candidates)",
+    "train.steps": "number of steps (updates)",
+    "train.log_every": "write a metrics.jsonl row every this many steps",
+    "train.checkpoint_every": "save resume state every this many steps",
+    "train.eval_every": "evaluate on the eval split every this many steps (0 = only at the end)",
+    "train.micro_batch": "examples per forward pass (memory vs speed)",
+    "train.prefix_cache": "cache the frozen lower blocks' output once per example (used when only top blocks "
+                          "train)",
+    "out_dir": "run directory; must not exist (or pass --resume)",
+}
+
+
+@dataclass
+class Row:
+    key: str  # dotted key as written in an override, e.g. "method.clip"
+    type: str
+    default: str
+    meaning: str
+
+
+@dataclass
+class Section:
+    title: str  # "model", "method: dpzero", ...
+    note: str  # a line under the title (empty for most)
+    rows: list[Row]
+
+
+def sections(method: str | None = None) -> list[Section]:
+    """The schema as sections of rows, in the order of the run config; `method` keeps only that method's section."""
+    run = C.run_model()
+    out, top = [], []
+    for name, field in run.model_fields.items():
+        if name == "method":
+            classes = _method_classes(field.annotation)
+            names = [_method_name(c) for c in classes]
+            if method is not None and method not in names:
+                raise ConfigError(f"method: unknown method {method!r}; known: {sorted(names)}")
+            for cls in classes:
+                if method is None or _method_name(cls) == method:
+                    out.append(Section(f"method: {_method_name(cls)}", _method_note(cls), _rows(cls, "method",
+                                                                                              _method_name(cls))))
+        elif _is_model(field.annotation):
+            out.append(Section(name, "", _rows(field.annotation, name)))
+        else:
+            top.append(_row(run, name, field, name, None))
+    return out + ([Section("top level", "", top)] if top else [])
+
+
+def render_markdown() -> str:
+    """docs/config.md."""
+    lines = ["# Config reference", "",
+             "Generated from the pydantic schema by `python -m privtune.schema_doc > docs/config.md`; do not edit "
+             "by hand (tests/test_schema_doc.py checks that it is current).",
+             "",
+             "A config is a YAML file with the sections below; every key can also be given on the command line "
+             "as `section.key=value` (e.g. `method.lr=3e-3 train.steps=200`). `method.name` picks one of the "
+             "method sections; each method has its own keys and defaults. An unknown key, a wrong type or a value "
+             "out of range ends with one line naming the key and exit code 2.", ""]
+    for sec in sections():
+        lines += [f"## {sec.title}", ""]
+        if sec.note:
+            lines += [sec.note, ""]
+        lines += ["| key | type | default | meaning |", "|---|---|---|---|"]
+        lines += [f"| `{r.key}` | {_md(r.type)} | `{r.default}` | {_md(r.meaning)} |" for r in sec.rows]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def render_text(method: str | None = None, width: int = 100) -> str:
+    """The reference as plain text for a terminal: one `key = default  (type)` line per key, its meaning below."""
+    lines = []
+    for sec in sections(method):
+        lines.append(f"[{sec.title}]" + (f"  {sec.note}" if sec.note else ""))
+        for r in sec.rows:
+            lines.append(f"  {r.key} = {r.default}  ({r.type})")
+            lines += textwrap.wrap(r.meaning, width, initial_indent=" " * 6, subsequent_indent=" " * 6)
+        lines.append("")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------------- the schema
+def _is_model(tp) -> bool:
+    return isinstance(tp, type) and issubclass(tp, BaseModel)
+
+
+def _method_classes(annotation) -> list[type]:
+    if typing.get_origin(annotation) is typing.Annotated:
+        annotation = typing.get_args(annotation)[0]
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        return list(typing.get_args(annotation))
+    return [annotation]
+
+
+def _method_name(cls) -> str:
+    return cls.model_fields["name"].default
+
+
+def _method_note(cls) -> str:
+    """The first paragraph of the method module's docstring: what the method is, and its paper."""
+    from .methods import method_class
+
+    doc = inspect.getdoc(sys.modules[method_class(_method_name(cls)).__module__]) or ""
+    return " ".join(doc.split("\n\n")[0].split())
+
+
+def _rows(model: type[BaseModel], prefix: str, method: str | None = None) -> list[Row]:
+    rows = []
+    items = list(model.model_fields.items())
+    items.sort(key=lambda kv: kv[0] != "name" or method is None)  # a method section starts with its name
+    for name, field in items:
+        key = f"{prefix}.{name}"
+        if _is_model(field.annotation):
+            rows += _rows(field.annotation, key)
+        else:
+            rows.append(_row(model, name, field, key, method))
+    return rows
+
+
+def _row(model, name: str, field, key: str, method: str | None) -> Row:
+    default = field.get_default(call_default_factory=True)
+    return Row(key, _type(field.annotation, field.metadata), _value(default), _meaning(model, name, field, key, method))
+
+
+def _meaning(model, name: str, field, key: str, method: str | None) -> str:
+    if field.description:
+        return field.description
+    for k in ([f"method.{method}.{name}"] if method else []) + [key]:
+        if k in MEANINGS:
+            return MEANINGS[k]
+    for cls in model.__mro__:  # the comment where the field is (re)defined, nearest class first
+        if name in cls.__dict__.get("__annotations__", {}):
+            text = _source_comments(cls).get(name)
+            if text:
+                return text
+    return ""
+
+
+def _type(tp, metadata=()) -> str:
+    """A type as a user writes it in YAML: `int > 0`, `a | b`, `list of str`, `... or null`."""
+    bounds = [_bound(m) for m in metadata if _bound(m)]
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin is typing.Annotated:
+        return _type(args[0], [*args[1:], *metadata])
+    if origin is typing.Literal:
+        return " | ".join(str(a) for a in args)
+    if origin in (typing.Union, types.UnionType):
+        rest = [a for a in args if a is not type(None)]
+        text = " or ".join(_type(a) for a in rest)
+        return text + " or null" if len(rest) < len(args) else text
+    if origin is list:
+        return f"list of {_type(args[0])}"
+    if hasattr(tp, "metadata"):  # a pydantic FieldInfo inside Annotated
+        return ""
+    text = getattr(tp, "__name__", str(tp))
+    return f"{text} {', '.join(bounds)}" if bounds else text
+
+
+def _bound(m) -> str:
+    """A constraint from a field's metadata as text ("> 0", "< 2^63"); constraints nested in a FieldInfo too."""
+    if hasattr(m, "metadata") and not isinstance(m, (at.Gt, at.Ge, at.Lt, at.Le)):
+        return ", ".join(b for b in (_bound(x) for x in m.metadata) if b)
+    for cls, op, attr in ((at.Gt, ">", "gt"), (at.Ge, "≥", "ge"), (at.Lt, "<", "lt"), (at.Le, "≤", "le")):
+        if isinstance(m, cls):
+            v = getattr(m, attr)
+            if isinstance(v, int) and v >= 2**16 and v & (v - 1) == 0:  # 2^63, not 9223372036854775808
+                return f"{op} 2^{v.bit_length() - 1}"
+            return f"{op} {v:g}" if isinstance(v, float) else f"{op} {v}"
+    return ""
+
+
+def _value(v) -> str:
+    if v is None:
+        return "null"
+    if isinstance(v, bool):
+        return str(v).lower()
+    if isinstance(v, float):
+        return f"{v:g}"
+    if isinstance(v, list):
+        return "[" + ", ".join(_value(x) for x in v) + "]"
+    return str(v)
+
+
+def _md(text: str) -> str:
+    return text.replace("|", "\\|")  # a bare | would end the table cell
+
+
+@lru_cache(maxsize=None)
+def _source_comments(cls) -> dict[str, str]:
+    """{field: comment} from a class's source: the comment ending a field's line, else the comment line(s) just
+    above it. The schema's meanings live there as comments today; reading them keeps config.py as it is."""
+    try:
+        src = textwrap.dedent(inspect.getsource(cls))
+    except (OSError, TypeError):
+        return {}
+    out, above, field, pending, body = {}, [], None, "", None
+    for tok in tokenize.generate_tokens(io.StringIO(src).readline):
+        if tok.type == tokenize.INDENT and body is None:
+            body = tok.end[1]  # the class body's indentation: fields start there
+        elif tok.type == tokenize.COMMENT:
+            if field is not None:
+                out.setdefault(field, tok.string.lstrip("#").strip())
+            else:
+                above.append(tok.string.lstrip("#").strip())
+        elif (tok.type == tokenize.NAME and field is None and tok.start[1] == body
+              and tok.line[tok.end[1]:].lstrip().startswith(":")):  # `name: type = default`
+            field, pending = tok.string, " ".join(above)
+        elif tok.type == tokenize.NEWLINE:
+            if field is not None and field not in out and pending:
+                out[field] = pending
+            field, above = None, []
+        elif tok.type == tokenize.NL and not tok.line.strip():
+            above = []  # a blank line detaches a comment from the field below it
+    return out
+
+
+if __name__ == "__main__":
+    sys.stdout.write(render_markdown())
