@@ -26,9 +26,12 @@ from pydantic import BaseModel
 from . import config as C
 from .errors import ConfigError
 
-# Meanings for fields whose source gives none, or too terse a one: an entry wins over the source comment. "method.K"
-# applies to every method that has K, "method.M.K" to method M only (and wins over "method.K").
+# Meanings for fields whose source gives none, or too terse a one; an entry wins over the source comment. "method.K"
+# applies to every method that has K (so a method whose K means something else needs its own "method.M.K"), and
+# "method.M.K" to method M only.
 MEANINGS = {
+    "model.name": "smollm2-135m, tiny (a random Llama-style model, for tests) or the path of a local HF folder",
+    "model.device": "auto (CUDA when present) | cpu | cuda | cuda:N",
     "model.dtype": "floating-point type the model's weights are loaded and trained in",
     "task.train_path": "task custom: the training file (TSV, CSV, JSONL, Parquet or a `datasets` save_to_disk "
                        "folder); relative paths are taken from the working directory",
@@ -38,13 +41,15 @@ MEANINGS = {
     "task.label_names": "label names as written in the files, in label order (verbalizer[i] is the word for "
                         "label_names[i]); default per built-in task",
     "task.template": "prompt; must contain {text} once; the model scores the next token after it (default per "
-                     "task)",
+                     "task; SST-2: \"Review: {text}\\nSentiment:\")",
     "task.verbalizer": "one single-token word per label, in label order (usually with a leading space); default "
-                       "per task",
+                       "per task (SST-2: [\" negative\", \" positive\"])",
     "trainable.kind": "which parameters train: lora | full | norms | final_norm | top_layers:K",
     "trainable.lora.r": "LoRA rank (at most the model's hidden size)",
     "trainable.lora.alpha": "LoRA scale numerator (the update is scaled by alpha / r)",
     "trainable.lora.target_modules": "module names that get adapters",
+    "trainable.lora.layers": "adapters only in the last K blocks (null: all blocks); enables the frozen-prefix cache "
+                             "below them",
     "method.name": "which method this section configures",
     "method.lr": "learning rate",
     "method.eps": "ZO perturbation scale ε: losses are taken at θ ± εz",
@@ -54,6 +59,9 @@ MEANINGS = {
     "method.lr_power": "exponent of the polynomial learning-rate decay (lr_schedule polynomial)",
     "method.lr_schedule": "learning-rate schedule over train.steps",
     "method.delta": "δ of the (ε, δ)-DP guarantee",
+    "method.epsilon": "target ε for the whole run: σ is calibrated by dp_accounting for exactly train.steps (give "
+                      "this or noise_multiplier)",
+    "method.noise_multiplier": "σ given directly; ε is computed (give this or epsilon)",
     "method.accountant": "dp_accounting accountant that relates σ, the sampling rate and the steps to ε: rdp | pld",
     "method.dpzo.accountant": "dp_accounting accountant that relates σ, the sampling rate and the steps to ε: rdp | "
                               "pld (sub-sampled Laplace is accounted with pld only)",
@@ -78,6 +86,7 @@ MEANINGS = {
     "method.bboxer.eps": "unused by BBoxER (a zeroth-order field)",
     "method.bboxer.batch_size": "unused by BBoxER (every candidate is scored on the whole pool)",
     "method.bboxer.directions": "unused by BBoxER (a zeroth-order field)",
+    "method.bboxer.delta": "the reported generalization bound holds with probability ≥ 1 − delta",
     "method.bboxer.optimizer": "nevergrad optimizer searching x",
     "method.bboxer.comparison": "what is released per step: incumbent (one bit: did the candidate beat the "
                                 "incumbent?) or ranking (the order of `population` candidates)",
@@ -88,6 +97,10 @@ MEANINGS = {
     "train.micro_batch": "examples per forward pass (memory vs speed)",
     "train.prefix_cache": "cache the frozen lower blocks' output once per example (used when only top blocks "
                           "train)",
+    "train.z_kernel": "where z comes from: torch (torch.randn per tensor) or triton (fused kernels, CUDA); auto = "
+                      "triton on CUDA when it imports",
+    "train.tensorboard": "also write metrics.jsonl's rows as TensorBoard scalars under out_dir/tb/ (needs "
+                         "privtune[tensorboard])",
     "out_dir": "run directory; must not exist (or pass --resume)",
 }
 
@@ -204,16 +217,16 @@ def _row(model, name: str, field, key: str, method: str | None) -> Row:
 
 
 def _meaning(model, name: str, field, key: str, method: str | None) -> str:
+    """The field's description, else MEANINGS (method-specific first), else the comment where the field is
+    (re)defined, nearest class first."""
     if field.description:
         return field.description
     for k in ([f"method.{method}.{name}"] if method else []) + [key]:
         if k in MEANINGS:
             return MEANINGS[k]
-    for cls in model.__mro__:  # the comment where the field is (re)defined, nearest class first
-        if name in cls.__dict__.get("__annotations__", {}):
-            text = _source_comments(cls).get(name)
-            if text:
-                return text
+    for cls in model.__mro__:
+        if name in cls.__dict__.get("__annotations__", {}) and _source_comments(cls).get(name):
+            return _source_comments(cls)[name]
     return ""
 
 
