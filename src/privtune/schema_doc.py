@@ -86,6 +86,9 @@ MEANINGS = {
     "method.bboxer.eps": "unused by BBoxER (a zeroth-order field)",
     "method.bboxer.batch_size": "unused by BBoxER (every candidate is scored on the whole pool)",
     "method.bboxer.directions": "unused by BBoxER (a zeroth-order field)",
+    "method.bboxer.weight_decay": "unused by BBoxER (its update is w = w₀·exp(x), set by the optimizer)",
+    "method.bboxer.lr_schedule": "unused by BBoxER (no learning rate)",
+    "method.bboxer.lr_power": "unused by BBoxER (no learning rate)",
     "method.bboxer.delta": "the reported generalization bound holds with probability ≥ 1 − delta",
     "method.bboxer.optimizer": "nevergrad optimizer searching x",
     "method.bboxer.comparison": "what is released per step: incumbent (one bit: did the candidate beat the "
@@ -165,7 +168,8 @@ def render_text(method: str | None = None, width: int = 100) -> str:
     """The reference as plain text for a terminal: one `key = default  (type)` line per key, its meaning below."""
     lines = []
     for sec in sections(method):
-        lines.append(f"[{sec.title}]" + (f"  {sec.note}" if sec.note else ""))
+        lines.append(f"[{sec.title}]")
+        lines += textwrap.wrap(sec.note, width, initial_indent="  ", subsequent_indent="  ")
         for r in sec.rows:
             lines.append(f"  {r.key} = {r.default}  ({r.type})")
             lines += textwrap.wrap(r.meaning, width, initial_indent=" " * 6, subsequent_indent=" " * 6)
@@ -201,7 +205,8 @@ def _method_note(cls) -> str:
 def _rows(model: type[BaseModel], prefix: str, method: str | None = None) -> list[Row]:
     rows = []
     items = list(model.model_fields.items())
-    items.sort(key=lambda kv: kv[0] != "name" or method is None)  # a method section starts with its name
+    if method is not None:  # a method section starts with its name (a subclass lists inherited fields first)
+        items.sort(key=lambda kv: kv[0] != "name")
     for name, field in items:
         key = f"{prefix}.{name}"
         if _is_model(field.annotation):
