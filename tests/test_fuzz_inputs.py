@@ -403,7 +403,7 @@ PREPARE_CASES = {  # name: (config overrides on tiny_custom, expected head); nee
     "verbalizer_duplicate": ({"task.verbalizer": [" a", " a"]}, "task.verbalizer"),
     "verbalizer_empty_word": ({"task.verbalizer": ["", " a"]}, "task.verbalizer"),
     "verbalizer_multi_word": ({"task.verbalizer": [" very bad", " good"]}, "task.verbalizer"),
-    "label_names_mismatch": ({"task.label_names": ["neg"]}, "task.label_names"),
+    "label_names_mismatch": ({"task.label_names": ["neg"]}, "task.verbalizer"),  # 2 words for 1 label name: the message names both
     "label_names_duplicate": ({"task.label_names": ["x", "x"]}, "task.label_names"),
     "same_text_and_label_column": ({"task.text_column": "label"}, "task.label_column"),
     "empty_column_name": ({"task.text_column": ""}, "task.text_column"),
