@@ -16,8 +16,8 @@ from privtune import config as C
 from privtune.cli import app
 from privtune.errors import PrivtuneError
 from privtune.report import (NOT_PRIVACY, frontier_figure, group_rows, load_run, load_sweep, make_panels,
-from privtune.run import rundir as R
                              write_report)
+from privtune.run import rundir as R
 
 NONE = {"guarantee": "none", "mia_posterior_bound": None}
 BBOXER = {"guarantee": "generalization bound", "bits_released": 100, "mi_nats": 69.3147, "epsilon": None,

@@ -1,3 +1,4 @@
+import inspect
 import json
 import subprocess
 import sys
@@ -17,6 +18,11 @@ REPO = Path(__file__).resolve().parents[2]
 
 def weights(run):
     return A.load_tensors(Path(run) / "model" / "trainable.safetensors")
+
+
+def test_train_takes_no_test_only_arguments():
+    # interruptions are simulated with a callback raising run.loop.StopRequested (conftest's stop_after)
+    assert list(inspect.signature(train).parameters) == ["cfg", "resume", "callback"]
 
 
 def test_run_dir_layout_and_contents(make_cfg):

@@ -30,6 +30,3 @@ def main():
         pass
     app()
 
-
-if __name__ == "__main__":
-    main()
