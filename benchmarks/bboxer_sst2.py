@@ -16,11 +16,14 @@ from pathlib import Path
 
 import torch
 
+from privtune import atomic as A
 from privtune import config as C
-from privtune import replay as RP
-from privtune import rundir as R
 from privtune.data import balanced_pool
-from privtune.train import encode_examples, evaluate, prepare, train
+from privtune.run import replay as RP
+from privtune.run import rundir as R
+from privtune.run.evaluate import evaluate_setup
+from privtune.run.loop import train
+from privtune.run.setup import encode_examples, prepare
 from privtune.trainable import load_trainable_state, trainable_state
 from privtune.zo.engine import ZOEngine
 from privtune.zo.forward import Encoded
@@ -84,7 +87,7 @@ def main() -> None:
             if i not in pool_set][:args.attack]
     members = subset(setup.pool, args.attack)
     nonmembers = encode_examples(setup, [setup.task.train[i] for i in rest])
-    result["base"] = {"dev_accuracy": evaluate(setup)["accuracy"],
+    result["base"] = {"dev_accuracy": evaluate_setup(setup)["accuracy"],
                       "loss_attack_auc": loss_attack_auc(setup, members, nonmembers)}
     result["attack"] = {"members": len(members), "nonmembers": len(nonmembers),
                         "note": "members: first examples of the scoring pool; non-members: other SST-2 train examples"}
@@ -99,8 +102,8 @@ def main() -> None:
                 ev = train(cfg)
                 wall = time.time() - t0
                 priv = json.loads((out / R.PRIVACY).read_text())
-                bits = [x["bit"] for x in R.read_jsonl(out / R.TRANSCRIPT)]
-                load_trainable_state(setup.sel, R.load_tensors(out / R.MODEL_DIR / "trainable.safetensors"))
+                bits = [x["bit"] for x in A.read_jsonl(out / R.TRANSCRIPT)]
+                load_trainable_state(setup.sel, A.load_tensors(out / R.MODEL_DIR / "trainable.safetensors"))
                 auc = loss_attack_auc(setup, members, nonmembers)
                 load_trainable_state(setup.sel, base_state)
                 row = {"optimizer": opt, "budget_b": b, "dev_accuracy": ev["accuracy"],

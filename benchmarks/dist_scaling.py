@@ -32,8 +32,8 @@ def worker(args) -> None:
     from privtune import config as C
     from privtune import dist
     from privtune.methods.paczero import PACZero
-    from privtune.secrets import SecretKey
-    from privtune.train import prepare
+    from privtune.run.keystore import SecretKey
+    from privtune.run.setup import prepare
 
     cfg = C.build({"model": {"name": args.model, "device": "cpu"}, "task": {"name": "sst2", "pool_size": args.n},
                    "trainable": {"kind": args.kind}, "train": {"micro_batch": args.micro_batch},

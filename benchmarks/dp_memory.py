@@ -2,7 +2,7 @@
 path), at the same model, trainable set and batch.
 
 Each method runs in its own fresh process (so peaks don't mix): load model, encode the batch, one inference pass
-over the batch (the reference), then `--steps` training steps through the method object exactly as privtune.train
+over the batch (the reference), then `--steps` training steps through the method object exactly as privtune.run.loop
 runs them. Reported per method: whole-process peak RSS (ru_maxrss) ÷ the peak after the inference pass, the
 overheads above the loaded model of a training step and of inference, and seconds per step. The ratio DP-SGD ÷ ZO is the number to read; absolute values depend on
 the machine. Defaults: SmolLM2-135M, LoRA r=8 on q/v in every block (no frozen-prefix cache, so the backward pass
@@ -36,8 +36,8 @@ def child(args) -> dict:
 
     from privtune import config as C
     from privtune.methods import method_class
-    from privtune.secrets import SecretKey
-    from privtune.train import prepare
+    from privtune.run.keystore import SecretKey
+    from privtune.run.setup import prepare
 
     torch.set_num_threads(args.threads)
     lora = {"r": 8, "alpha": 16.0, "target_modules": ["q_proj", "v_proj"]}

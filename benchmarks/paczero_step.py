@@ -25,8 +25,8 @@ import torch
 from privtune import config as C
 from privtune.methods.mezo import Mezo
 from privtune.methods.paczero import PACZero, subset_means
-from privtune.secrets import SecretKey
-from privtune.train import prepare
+from privtune.run.keystore import SecretKey
+from privtune.run.setup import prepare
 from privtune.zo.seeds import direction_seed
 from privtune.zo.sums import zo_scalars
 

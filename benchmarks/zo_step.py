@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 
 from privtune import config as C
-from privtune.train import encode_examples, prepare
+from privtune.run.setup import encode_examples, prepare
 from privtune.zo import kernels as Z
 from privtune.zo.engine import ZOEngine
 from privtune.zo.seeds import Direction, direction_seed

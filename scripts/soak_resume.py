@@ -42,7 +42,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "configs" / "tiny_paczero_mi.yaml"
-BUDGET_SLACK = 1e-12  # privtune.ledger.BUDGET_SLACK
+BUDGET_SLACK = 1e-12  # privtune.run.ledger.BUDGET_SLACK
 POLL_S = 0.001
 MODES = (("delay", 0.4), ("ledger", 0.25), ("checkpoint", 0.2), ("state", 0.15))
 

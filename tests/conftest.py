@@ -2,6 +2,7 @@ import pytest
 import torch
 
 from privtune import config as C
+from privtune.run.loop import StopRequested
 
 
 def tiny_cfg(tmp_path, **over) -> dict:
@@ -29,3 +30,20 @@ def make_cfg(tmp_path):
 @pytest.fixture(autouse=True)
 def _threads():
     torch.set_num_threads(2)
+
+
+@pytest.fixture
+def stop_after():
+    """A train() callback that stops the run cleanly once n steps of this invocation are done (n = 0: before the
+    first), as an interruption would: train returns {"stopped_at": step}. `then` also gets every event."""
+    def make(n: int, then=None):
+        done = [0]
+
+        def callback(ev: dict) -> None:
+            if then is not None:
+                then(ev)
+            done[0] += ev["event"] == "step"
+            if ev["event"] in ("start", "step") and done[0] >= n:
+                raise StopRequested()
+        return callback
+    return make

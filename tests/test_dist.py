@@ -14,10 +14,11 @@ import pytest
 import torch
 import yaml
 
+from privtune import atomic as A
 from privtune import config as C
 from privtune import dist
-from privtune import rundir as R
-from privtune.train import train
+from privtune.run import rundir as R
+from privtune.run.loop import train
 
 from conftest import tiny_cfg
 
@@ -32,7 +33,7 @@ torch.set_num_threads(1)
 from privtune import config as C, dist
 from privtune.errors import PrivtuneError
 from privtune.methods import method_class
-from privtune.train import train
+from privtune.run.loop import train
 jobs = json.loads(sys.argv[1])
 try:
     with dist.session("cpu"):
@@ -111,7 +112,7 @@ def method_cfg(tmp_path, name: str, tag: str) -> dict:
 
 
 def weights(run) -> dict:
-    return R.load_tensors(Path(run) / "model" / "trainable.safetensors")
+    return A.load_tensors(Path(run) / "model" / "trainable.safetensors")
 
 
 def same_weights(a, b) -> bool:
@@ -179,10 +180,10 @@ def test_two_processes_equal_one_bitwise(one_proc, two_ranks, name):
     p1, p2 = one_proc / f"{name}-p1", one_proc / f"{name}-p2"
     assert (p2 / R.EVAL).exists(), two_ranks[0].stderr[-2000:]
     assert same_weights(p1, p2)
-    t1, t2 = R.read_jsonl(p1 / R.TRANSCRIPT), R.read_jsonl(p2 / R.TRANSCRIPT)
+    t1, t2 = A.read_jsonl(p1 / R.TRANSCRIPT), A.read_jsonl(p2 / R.TRANSCRIPT)
     assert t1 == t2 and len(t1) == 8  # the same releases, step by step
     assert ledger(p1) == ledger(p2)
-    rows = [r for r in R.read_jsonl(p2 / R.METRICS) if r.get("kind") != "eval"]
+    rows = [r for r in A.read_jsonl(p2 / R.METRICS) if r.get("kind") != "eval"]
     assert rows and all(r["processes"] == 2 for r in rows)
     if name == "mezo":
         assert all(r["comm_bytes_per_step"] > 0 for r in rows)
@@ -201,7 +202,7 @@ def test_killed_rank_fails_cleanly_and_resumes(one_proc, two_ranks):
     run = one_proc / "mi-killed"
     led = ledger(run)
     assert led["last_charged_step"] == 4 and led["steps_done"] == 5
-    assert [x["step"] for x in R.read_jsonl(run / R.TRANSCRIPT)] == [0, 1, 2, 3, 4]
+    assert [x["step"] for x in A.read_jsonl(run / R.TRANSCRIPT)] == [0, 1, 2, 3, 4]
     assert json.loads((run / R.STATE_DIR / "state.json").read_text())["step"] == 5  # θ after step 4, saved on failure
     assert not (run / R.MODEL_DIR).exists()
     # resume with one process (a different P): the uninterrupted 1-process run's weights and ledger, bit for bit
@@ -210,7 +211,7 @@ def test_killed_rank_fails_cleanly_and_resumes(one_proc, two_ranks):
     assert same_weights(one_proc / "mi-p1", run)
     a, b = ledger(one_proc / "mi-p1"), ledger(run)
     assert a["spent"] == b["spent"] and a["directions"] == b["directions"] == 8
-    assert R.read_jsonl(one_proc / "mi-p1" / R.TRANSCRIPT) == R.read_jsonl(run / R.TRANSCRIPT)
+    assert A.read_jsonl(one_proc / "mi-p1" / R.TRANSCRIPT) == A.read_jsonl(run / R.TRANSCRIPT)
 
 
 def test_torchrun_cli_paczero_mi_equals_one_process(one_proc):

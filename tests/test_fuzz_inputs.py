@@ -1,6 +1,6 @@
 """Bad input, fuzzed: every case either works or raises a one-line PrivtuneError naming the field or the file.
 
-Property (library): `privtune.config.load/build`, `privtune.data.load_examples/load_task` and `privtune.train.prepare`
+Property (library): `privtune.config.load/build`, `privtune.data.load_examples/load_task` and `privtune.run.setup.prepare`
 either succeed or raise `ConfigError`/`DataError` whose message is one line and starts with the dotted field
 (`task.pool_size: ...`) or names the file; never another exception type. Data errors never quote a text longer
 than the 40 characters data.py allows. Property (CLI, fixed cases): exit code 2, stderr one line starting with
@@ -65,7 +65,8 @@ from hypothesis import strategies as st
 from privtune import config as C
 from privtune.data import Example, load_examples, load_task
 from privtune.errors import ConfigError, DataError, PrivtuneError
-from privtune.train import prepare, train
+from privtune.run.loop import train
+from privtune.run.setup import prepare
 
 REPO = Path(__file__).resolve().parents[1]
 CANARY = "zqxfuzz"
@@ -428,11 +429,11 @@ def test_prepare_kinds(tmp_path, name):
     assert not (tmp_path / "out").exists()
 
 
-def test_absurd_sizes_that_are_accepted_run(tmp_path):
+def test_absurd_sizes_that_are_accepted_run(tmp_path, stop_after):
     """steps 10**12, eval_limit and micro_batch 10**9, lr 1e-320: accepted; one step runs and stops cleanly."""
     cfg = C.build(tiny_custom(tmp_path, **{"train.steps": 10**12, "task.eval_limit": 10**9,
                                            "train.micro_batch": 10**9, "method.lr": 1e-320}))
-    assert train(cfg, stop_after=1) == {"stopped_at": 1}
+    assert train(cfg, callback=stop_after(1)) == {"stopped_at": 1}
     led = json.loads((tmp_path / "out" / "privacy.json").read_text())
     assert led["steps_total"] == 10**12 and led["steps_done"] == 1
 

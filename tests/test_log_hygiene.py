@@ -24,8 +24,8 @@ import torch
 import yaml
 
 from privtune import config as C
-from privtune.secrets import SecretKey
-from privtune.train import train
+from privtune.run.keystore import SecretKey
+from privtune.run.loop import train
 from privtune.zo import engine as E
 
 REPO = Path(__file__).resolve().parents[1]

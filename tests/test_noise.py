@@ -8,8 +8,9 @@ from pathlib import Path
 
 import torch
 
-from privtune.evaluate import evaluate_run
-from privtune.train import prepare, train
+from privtune.run.evaluate import evaluate_run
+from privtune.run.loop import train
+from privtune.run.setup import prepare
 from privtune.zo.sums import accuracy
 
 REPO = Path(__file__).resolve().parents[1]

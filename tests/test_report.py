@@ -11,12 +11,13 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
+from privtune import atomic as A
 from privtune import config as C
-from privtune import rundir as R
 from privtune.cli import app
 from privtune.errors import PrivtuneError
 from privtune.report import (NOT_PRIVACY, frontier_figure, group_rows, load_run, load_sweep, make_panels,
                              write_report)
+from privtune.run import rundir as R
 
 NONE = {"guarantee": "none", "mia_posterior_bound": None}
 BBOXER = {"guarantee": "generalization bound", "bits_released": 100, "mi_nats": 69.3147, "epsilon": None,
@@ -35,13 +36,13 @@ def fake_run(path, seed, acc, method=None, privacy=None, task=None, initial=None
     except PrivtuneError:  # a method this version does not have (fo): its config as written
         cfg = {**C.build(base).model_dump(mode="json"), "method": method}
     path.mkdir()
-    R.atomic_write_text(path / R.CONFIG, yaml.safe_dump(cfg, sort_keys=False))
+    A.atomic_write_text(path / R.CONFIG, yaml.safe_dump(cfg, sort_keys=False))
     ev = {"accuracy": acc, "steps": 10, "wall_time_s": 2.0}
-    R.atomic_write_json(path / R.EVAL, ev if initial is None else {**ev, "initial_accuracy": initial})
-    R.atomic_write_json(path / R.PRIVACY, privacy or NONE)
+    A.atomic_write_json(path / R.EVAL, ev if initial is None else {**ev, "initial_accuracy": initial})
+    A.atomic_write_json(path / R.PRIVACY, privacy or NONE)
     (path / R.METRICS).write_text(json.dumps({"step": 5, "eval_accuracy": acc - 0.1, "train_loss": 0.5}) + "\n")
     if audit:
-        R.atomic_write_json(path / "audit.json", audit)
+        A.atomic_write_json(path / "audit.json", audit)
     return path
 
 

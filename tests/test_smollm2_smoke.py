@@ -7,8 +7,8 @@ import torch
 
 from privtune import config as C
 from privtune.models import load_model
-from privtune.replay import replay, verify
-from privtune.train import train
+from privtune.run.loop import train
+from privtune.run.replay import replay, verify
 
 
 def test_smollm2_loads_and_answers_the_prompt():

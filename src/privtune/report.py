@@ -25,9 +25,10 @@ from pathlib import Path
 import numpy as np
 
 from . import config as C
-from . import rundir as R
+from .atomic import atomic_write_bytes, atomic_write_json, atomic_write_text
 from .errors import PrivtuneError
 from .privacy.bounds import privacy_views
+from .run.rundir import RunDir
 
 # What a run's privacy.json "guarantee" promises about membership: a privacy guarantee (DP, PAC), nothing ("none"), or
 # a bound on the generalization gap only (BBoxER), whose MI figure is vacuous and must not read as privacy.
@@ -139,18 +140,15 @@ class RunInfo:
 
 
 def load_run(path: Path) -> RunInfo:
-    path = Path(path)
-    if not (path / R.CONFIG).is_file():
-        raise PrivtuneError(f"{path}: not a privtune run directory (no {R.CONFIG})")
-    if not (path / R.EVAL).is_file():
-        raise PrivtuneError(f"{path / R.EVAL}: missing; the run has not finished")
+    run = RunDir.open(path)
+    if not run.eval.is_file():
+        raise PrivtuneError(f"{run.eval}: missing; the run has not finished")
 
-    def js(name):
-        f = path / name
+    def js(f):
         return json.loads(f.read_text()) if f.is_file() else None
 
-    return RunInfo(path, C.load_yaml(path / R.CONFIG), js(R.PRIVACY) or {}, js(R.EVAL), js("audit.json"),
-                   R.read_jsonl(path / R.METRICS))
+    return RunInfo(run.path, run.load_config_dict(), js(run.privacy) or {}, js(run.eval), js(run.audit),
+                   run.read_metrics())
 
 
 # ------------------------------------------------------------------------------------------------- sweep files
@@ -748,12 +746,12 @@ def write_report(run_dirs, out) -> Path:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     for name, data in images.items():
-        R.atomic_write_bytes(out / name, data)
-    R.atomic_write_json(out / "runs.json", {
+        atomic_write_bytes(out / name, data)
+    atomic_write_json(out / "runs.json", {
         "panels": [{"task": p.task, "model": p.model, "detail": p.detail, "source": p.source,
                     "frontier_png": _png_name("frontier", i), "curves_png": _png_name("curves", i) if p.runs else None,
                     "floor": p.floor, "points": p.points} for i, p in enumerate(panels)],
         "groups": [g for p in panels if p.source == "runs" for g in p.points], "runs": rows})
     path = out / "report.html"
-    R.atomic_write_text(path, render_html(runs, rows, images, panels))
+    atomic_write_text(path, render_html(runs, rows, images, panels))
     return path

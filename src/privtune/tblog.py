@@ -12,7 +12,6 @@ from pathlib import Path
 
 from .errors import ConfigError
 
-TB_DIR = "tb"
 EXTRA = "pip install 'privtune[tensorboard]'"
 SKIP = ("step", "kind")  # the x axis and a row's label, not values
 
@@ -44,12 +43,12 @@ def scalars(row: dict) -> dict[str, float]:
 
 
 class Mirror:
-    """Writes metrics rows to out_dir/tb/ as they are appended to metrics.jsonl."""
+    """Writes metrics rows to `folder` (the run dir's tb/) as they are appended to metrics.jsonl."""
 
-    def __init__(self, out_dir: Path, rows: list[dict]):
+    def __init__(self, folder: Path, rows: list[dict]):
         from torch.utils.tensorboard import SummaryWriter
 
-        folder = Path(out_dir) / TB_DIR
+        folder = Path(folder)
         shutil.rmtree(folder, ignore_errors=True)  # rebuilt from metrics.jsonl: no step twice after a resume
         self.writer = SummaryWriter(log_dir=str(folder))
         for row in rows:

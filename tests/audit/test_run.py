@@ -8,12 +8,15 @@ import torch
 import torch.nn.functional as F
 from typer.testing import CliRunner
 
+from privtune import atomic as A
 from privtune import config as C
-from privtune import rundir as R
 from privtune.audit import audit_run
 from privtune.cli import app
 from privtune.errors import ConfigError
-from privtune.train import evaluate, prepare, save_model, train
+from privtune.run import rundir as R
+from privtune.run.evaluate import evaluate_setup
+from privtune.run.loop import train
+from privtune.run.setup import prepare, save_model
 
 from conftest import tiny_cfg
 
@@ -40,12 +43,12 @@ def overfit(run, cfg, epochs=60, lr=1e-2):
             loss.backward()
             opt.step()
     run.mkdir(parents=True)
-    R.atomic_write_text(run / R.CONFIG, C.dump(cfg))
-    R.atomic_write_json(run / R.PRIVACY, {"method": "sgd", "guarantee": "none", "mia_posterior_bound": None,
+    A.atomic_write_text(run / R.CONFIG, C.dump(cfg))
+    A.atomic_write_json(run / R.PRIVACY, {"method": "sgd", "guarantee": "none", "mia_posterior_bound": None,
                                          "epsilon": None, "delta": None, "mi_nats": None})
     (run / R.METRICS).write_text(json.dumps({"step": epochs, "train_loss": loss.item()}) + "\n")
     save_model(run, setup)
-    R.atomic_write_json(run / R.EVAL, {**evaluate(setup), "steps": epochs, "wall_time_s": 1.0})
+    A.atomic_write_json(run / R.EVAL, {**evaluate_setup(setup), "steps": epochs, "wall_time_s": 1.0})
     return loss.item()
 
 
@@ -88,7 +91,7 @@ def test_false_guarantee_is_flagged(runs, tmp_path):
 
     run = tmp_path / "liar"
     shutil.copytree(runs["overfit"], run)
-    R.atomic_write_json(run / R.PRIVACY, {"guarantee": "dp", "epsilon": 0.1, "delta": 1e-5,
+    A.atomic_write_json(run / R.PRIVACY, {"guarantee": "dp", "epsilon": 0.1, "delta": 1e-5,
                                          "mia_posterior_bound": 0.525, "mi_nats": None})
     res = audit_run(run, attacks=("loss",), **FAST)
     assert res["bound_applies"] and res["violation"] and "exceeds" in res["violations"][0]

@@ -11,13 +11,14 @@ import numpy as np
 import pytest
 import torch
 
+from privtune import atomic as A
 from privtune import config as C
-from privtune import replay as RP
-from privtune import rundir as R
 from privtune.errors import ConfigError
 from privtune.methods import bboxer
 from privtune.privacy.generalization import generalization_gap_bound, ranking_bits
-from privtune.train import build_model, prepare, train
+from privtune.run import replay as RP
+from privtune.run.loop import train
+from privtune.run.setup import build_model, prepare
 from privtune.trainable import trainable_state
 
 REPO = Path(__file__).resolve().parents[2]
@@ -64,7 +65,7 @@ def test_tell_receives_only_values_computed_from_the_released_bits(tmp_path, mak
     told = spy_tell(monkeypatch)
     cfg = cfg_for(make_cfg, out_dir=str(tmp_path / "a"))
     train(cfg)
-    lines = R.read_jsonl(tmp_path / "a" / "transcript.jsonl")
+    lines = A.read_jsonl(tmp_path / "a" / "transcript.jsonl")
     assert all(set(x) == {"step", "lr", "updates", "bit"} and x["updates"] == [] for x in lines)
     bits = [x["bit"] for x in lines]
     assert told == values_from_bits(bits) and 0 < sum(bits) < len(bits)
@@ -83,7 +84,7 @@ def test_ranking_tells_ranks_and_releases_a_permutation(tmp_path, make_cfg, monk
     cfg = cfg_for(make_cfg, **{"method.optimizer": "diagonal_cma", "method.comparison": "ranking",
                                "method.population": 4, "train.steps": 5}, out_dir=str(tmp_path / "r"))
     train(cfg)
-    lines = R.read_jsonl(tmp_path / "r" / "transcript.jsonl")
+    lines = A.read_jsonl(tmp_path / "r" / "transcript.jsonl")
     assert all(sorted(x["ranking"]) == [0, 1, 2, 3] for x in lines)
     assert told == [0.0, 1.0, 2.0, 3.0] * 5  # the rank positions, in ranking order
     priv = json.loads((tmp_path / "r" / "privacy.json").read_text())
@@ -103,16 +104,16 @@ def test_replay_from_seed_and_bits_is_bit_identical(tmp_path, make_cfg, over):
     ok, msg = RP.verify(tmp_path / "run", RP.replay(tmp_path / "run"))
     assert ok, msg
     base = trainable_state(build_model(cfg)[1])
-    saved = R.load_tensors(tmp_path / "run" / "model" / "trainable.safetensors")
+    saved = A.load_tensors(tmp_path / "run" / "model" / "trainable.safetensors")
     moved = any(not torch.equal(saved[k], base[k]) for k in base)
-    bits = [x.get("bit", 1) for x in R.read_jsonl(tmp_path / "run" / "transcript.jsonl")]
+    bits = [x.get("bit", 1) for x in A.read_jsonl(tmp_path / "run" / "transcript.jsonl")]
     assert moved == any(bits)
 
 
 def test_replay_with_changed_bits_gives_another_model(tmp_path, make_cfg):
     train(cfg_for(make_cfg, out_dir=str(tmp_path / "run")))
     path = tmp_path / "run" / "transcript.jsonl"
-    lines = R.read_jsonl(path)
+    lines = A.read_jsonl(path)
     first_win = next(i for i, x in enumerate(lines) if x["bit"])
     lines[first_win]["bit"] = 0
     path.write_text("".join(json.dumps(x) + "\n" for x in lines))
@@ -120,12 +121,12 @@ def test_replay_with_changed_bits_gives_another_model(tmp_path, make_cfg):
     assert not ok
 
 
-def test_resume_is_bitwise_identical_to_uninterrupted(tmp_path, make_cfg):
+def test_resume_is_bitwise_identical_to_uninterrupted(tmp_path, make_cfg, stop_after):
     train(cfg_for(make_cfg, out_dir=str(tmp_path / "a")))
     part = cfg_for(make_cfg, out_dir=str(tmp_path / "b"))
-    assert train(part, stop_after=7) == {"stopped_at": 7}
+    assert train(part, callback=stop_after(7)) == {"stopped_at": 7}
     train(part, resume=True)
-    a, b = (R.load_tensors(tmp_path / d / "model" / "trainable.safetensors") for d in "ab")
+    a, b = (A.load_tensors(tmp_path / d / "model" / "trainable.safetensors") for d in "ab")
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert (tmp_path / "a" / "transcript.jsonl").read_text() == (tmp_path / "b" / "transcript.jsonl").read_text()
 

@@ -8,11 +8,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from privtune import rundir as R
+from privtune import atomic as A
 from privtune.errors import ConfigError
 from privtune.methods.dpsgd import DPSGD
-from privtune.secrets import SecretKey
-from privtune.train import prepare, train
+from privtune.run.keystore import SecretKey
+from privtune.run.loop import train
+from privtune.run.setup import prepare
 
 REPO = Path(__file__).resolve().parents[2]
 LORA = {"trainable.kind": "lora", "trainable.lora.r": 4, "trainable.lora.alpha": 8.0, "trainable.lora.layers": 2,
@@ -99,17 +100,17 @@ def test_opacus_accountant_agrees_with_privtune_calibration(make_cfg):
     assert acc.get_epsilon(delta=1e-5) == pytest.approx(3.0, rel=0.03)
 
 
-def test_dp_lora_run_resumes_bitwise_and_refuses_replay(tmp_path, make_cfg, monkeypatch):
+def test_dp_lora_run_resumes_bitwise_and_refuses_replay(tmp_path, make_cfg, monkeypatch, stop_after):
     monkeypatch.setenv("PRIVTUNE_SECRET_SEED", "7")
     over = {**LORA, "train.steps": 6, "train.checkpoint_every": 2, "method.epsilon": 2.0, "method.lr": 1e-2}
     train(make_cfg(**over, out_dir=str(tmp_path / "a")))
     part = make_cfg(**over, out_dir=str(tmp_path / "b"))
-    assert train(part, stop_after=3) == {"stopped_at": 3}  # mid-interval: steps 2..3 are recomputed and checked
+    assert train(part, callback=stop_after(3)) == {"stopped_at": 3}  # mid-interval: steps 2..3 are recomputed and checked
     train(part, resume=True)
     a, b = tmp_path / "a", tmp_path / "b"
     assert (a / "transcript.jsonl").read_text() == (b / "transcript.jsonl").read_text()
-    wa = R.load_tensors(a / "model" / "trainable.safetensors")
-    wb = R.load_tensors(b / "model" / "trainable.safetensors")
+    wa = A.load_tensors(a / "model" / "trainable.safetensors")
+    wb = A.load_tensors(b / "model" / "trainable.safetensors")
     assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
     priv = json.loads((a / "privacy.json").read_text())
     assert priv["method"] == "dpsgd" and priv["guarantee"] == "dp" and priv["epsilon"] == 2.0

@@ -8,15 +8,15 @@ import numpy as np
 import pytest
 import torch
 
+from privtune import atomic as A
 from privtune import config as C
-from privtune import rundir as R
 from privtune.data import sample_batch
 from privtune.errors import ConfigError
 from privtune.methods.dpzero import DPZero
 from privtune.privacy import dp
 from privtune.privacy.bounds import eps_to_posterior
-from privtune.secrets import SecretKey
-from privtune.train import train
+from privtune.run.keystore import SecretKey
+from privtune.run.loop import train
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -45,7 +45,7 @@ def make(cfg, lp, lm, steps=100, key=1234, seed=7):
 
 
 def weights(run):
-    return R.load_tensors(Path(run) / "model" / "trainable.safetensors")
+    return A.load_tensors(Path(run) / "model" / "trainable.safetensors")
 
 
 # ------------------------------------------------------------------------------------------------ the release
@@ -188,7 +188,7 @@ def test_sigma_zero_and_no_clipping_is_mezo_bit_for_bit(tmp_path, make_cfg):
     assert priv["guarantee"] == "none" and priv["mia_posterior_bound"] == 1.0
 
 
-def test_private_run_writes_dp_privacy_json_and_resumes_bitwise(tmp_path, make_cfg, monkeypatch):
+def test_private_run_writes_dp_privacy_json_and_resumes_bitwise(tmp_path, make_cfg, monkeypatch, stop_after):
     monkeypatch.setenv("PRIVTUNE_SECRET_SEED", "20240101")  # both runs draw the same secret noise
     over = {"train.steps": 8, "train.checkpoint_every": 3, "task.pool_size": 32, "task.eval_limit": 16,
             "method.batch_size": 8, "method.name": "dpzero", "method.epsilon": 2.0, "method.clip": 5.0}
@@ -199,11 +199,11 @@ def test_private_run_writes_dp_privacy_json_and_resumes_bitwise(tmp_path, make_c
     assert priv["guarantee"] == "dp" and priv["epsilon"] == 2.0 and priv["delta"] == 1e-5
     assert priv["mia_posterior_bound"] == pytest.approx(0.8808, abs=5e-5) and priv["mi_nats"] is None
     assert priv["steps_done"] == 8 and priv["noise_multiplier"] > 0 and "Poisson" in priv["assumptions"]
-    lines = R.read_jsonl(run / "transcript.jsonl")
+    lines = A.read_jsonl(run / "transcript.jsonl")
     assert all(set(line) == {"step", "lr", "updates", "projected_grad"} for line in lines)
-    assert not any("train_loss" in r for r in R.read_jsonl(run / "metrics.jsonl"))  # no un-noised batch statistic
+    assert not any("train_loss" in r for r in A.read_jsonl(run / "metrics.jsonl"))  # no un-noised batch statistic
     part = make_cfg(**over, out_dir=str(tmp_path / "b"))
-    assert train(part, stop_after=4) == {"stopped_at": 4}
+    assert train(part, callback=stop_after(4)) == {"stopped_at": 4}
     train(part, resume=True)
     assert (run / "transcript.jsonl").read_text() == (tmp_path / "b" / "transcript.jsonl").read_text()
     wa, wb = weights(run), weights(tmp_path / "b")
@@ -247,7 +247,7 @@ def test_assumptions_state_q_from_the_pool_the_adjacency_and_the_timing_residual
     assert "no per-step timing or traffic is released" in text and "wall_time_s" in text
 
 
-def test_fixed_sampling_run_resumes_bitwise_with_secret_batches(tmp_path, make_cfg, monkeypatch):
+def test_fixed_sampling_run_resumes_bitwise_with_secret_batches(tmp_path, make_cfg, monkeypatch, stop_after):
     import privtune.methods.dpzero as mod
 
     monkeypatch.setenv("PRIVTUNE_SECRET_SEED", "20240101")  # both runs draw the same secret batches and noise
@@ -262,7 +262,7 @@ def test_fixed_sampling_run_resumes_bitwise_with_secret_batches(tmp_path, make_c
     public = [sample_batch(32, 8, full.train.seed, t) for t in range(6)]  # what config.yaml lets anyone recompute
     assert len(seen) == 6 and not any(set(b) == set(p) for b, p in zip(seen, public))
     part = make_cfg(**over, out_dir=str(tmp_path / "b"))
-    assert train(part, stop_after=3) == {"stopped_at": 3}
+    assert train(part, callback=stop_after(3)) == {"stopped_at": 3}
     train(part, resume=True)
     a, b = tmp_path / "a", tmp_path / "b"
     assert (a / "transcript.jsonl").read_text() == (b / "transcript.jsonl").read_text()
@@ -273,18 +273,18 @@ def test_fixed_sampling_run_resumes_bitwise_with_secret_batches(tmp_path, make_c
     assert priv["sampling"] == "fixed" and 0 < priv["epsilon"] < 10 and "public seed" not in priv["assumptions"]
 
 
-def test_epsilon_spent_is_zero_then_below_then_at_the_target(tmp_path, make_cfg, monkeypatch):
+def test_epsilon_spent_is_zero_then_below_then_at_the_target(tmp_path, make_cfg, monkeypatch, stop_after):
     """privacy.json's ε spent after the steps done: 0 at 0 steps, the accountant's ε(steps_done) < ε at a mid-run
     checkpoint, ≤ ε and equal to it within the calibration tolerance at the end; no `spent: 0.0` next to ε = 2."""
     monkeypatch.setenv("PRIVTUNE_CACHE", str(tmp_path / "cache"))
     cfg = make_cfg(**{"train.steps": 8, "train.checkpoint_every": 3, "task.pool_size": 32, "task.eval_limit": 8,
                       "method.batch_size": 8, "method.name": "dpzero", "method.epsilon": 2.0, "method.clip": 5.0})
     path = Path(cfg.out_dir) / "privacy.json"
-    assert train(cfg, stop_after=0) == {"stopped_at": 0}
+    assert train(cfg, callback=stop_after(0)) == {"stopped_at": 0}
     priv = json.loads(path.read_text())
     assert priv["steps_done"] == 0 and priv["epsilon_spent"] == 0.0 and priv["epsilon"] == 2.0
     assert "spent" not in priv and "budget" not in priv  # nats fields are PACZero's only
-    train(cfg, resume=True, stop_after=3)
+    train(cfg, resume=True, callback=stop_after(3))
     priv = json.loads(path.read_text())
     kw = dict(sampling_rate=8 / 32, delta=1e-5, accountant="rdp", sampling="poisson", dataset_size=32)
     assert priv["steps_done"] == 3

@@ -8,15 +8,15 @@ import numpy as np
 import pytest
 import torch
 
+from privtune import atomic as A
 from privtune import config as C
-from privtune import rundir as R
 from privtune.data import sample_batch
 from privtune.errors import ConfigError
 from privtune.methods.dpzo import DPZO
 from privtune.privacy import dp
 from privtune.privacy.bounds import eps_to_posterior
-from privtune.secrets import SecretKey
-from privtune.train import train
+from privtune.run.keystore import SecretKey
+from privtune.run.loop import train
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -117,5 +117,5 @@ def test_tiny_laplace_run_writes_dp_privacy_json(tmp_path, make_cfg):
     priv = json.loads((run / "privacy.json").read_text())
     assert priv["guarantee"] == "dp" and priv["mechanism"] == "laplace" and priv["epsilon"] == 2.0
     assert priv["mia_posterior_bound"] == pytest.approx(0.8808, abs=5e-5) and priv["mi_nats"] is None
-    lines = R.read_jsonl(run / "transcript.jsonl")
+    lines = A.read_jsonl(run / "transcript.jsonl")
     assert len(lines) == 6 and all(set(x) == {"step", "lr", "updates", "noisy_sum", "projected_grad"} for x in lines)

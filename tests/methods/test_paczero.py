@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 import torch
 
+from privtune import atomic as A
 from privtune import config as C
-from privtune import rundir as R
 from privtune.errors import ConfigError
 from privtune.methods import paczero as P
 from privtune.privacy import pac
-from privtune.secrets import SecretKey
-from privtune.train import train
+from privtune.run.keystore import SecretKey
+from privtune.run.loop import train
 
 
 class FakeEngine:
@@ -208,7 +208,7 @@ def test_secret_hygiene_run_dir_and_logs_hold_no_secret(tmp_path, make_cfg, monk
     # the key and private state are gone once the run completes: J can no longer be recovered
     assert not list((tmp_path / "cache" / "secrets").glob("*.key"))
     assert not list((tmp_path / "cache" / "private").glob("*")) if (tmp_path / "cache" / "private").exists() else True
-    meta = R.load_tensors(run / "model" / "trainable.safetensors")
+    meta = A.load_tensors(run / "model" / "trainable.safetensors")
     assert meta  # weights saved; they are a function of released signs only (replay proves it)
 
 
@@ -243,15 +243,15 @@ def test_crash_between_charge_and_update_then_resume(tmp_path, make_cfg, monkeyp
     b = json.loads((Path(cfg.out_dir) / "privacy.json").read_text())
     assert b["spent"] == a["spent"] >= spent_at_crash  # never doubled, never decreased
     assert b["directions"] == a["directions"] == 12
-    wa = R.load_tensors(Path(ref.out_dir) / "model" / "trainable.safetensors")
-    wb = R.load_tensors(Path(cfg.out_dir) / "model" / "trainable.safetensors")
+    wa = A.load_tensors(Path(ref.out_dir) / "model" / "trainable.safetensors")
+    wb = A.load_tensors(Path(cfg.out_dir) / "model" / "trainable.safetensors")
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
-def test_spent_budget_refuses_to_go_on(tmp_path, make_cfg, monkeypatch):
+def test_spent_budget_refuses_to_go_on(tmp_path, make_cfg, monkeypatch, stop_after):
     monkeypatch.setenv("PRIVTUNE_CACHE", str(tmp_path / "cache"))
     cfg = _pac_cfg(make_cfg, tmp_path, "b")
-    train(cfg, stop_after=3)
+    train(cfg, callback=stop_after(3))
     p = Path(cfg.out_dir) / "privacy.json"
     led = json.loads(p.read_text())
     led["spent"] = led["budget"]

@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 from privtune import config as C
 from privtune.cli import app
 from privtune.errors import ConfigError
-from privtune.replay import replay, verify
+from privtune.run.replay import replay, verify
 from privtune.zo import kernels as Z
 from privtune.zo.seeds import Direction
 
@@ -35,9 +35,10 @@ from pathlib import Path
 import torch
 
 from privtune import config as C
-from privtune.train import encode_examples, prepare, train
-from privtune.zo.seeds import Direction
+from privtune.run.loop import StopRequested, train
+from privtune.run.setup import encode_examples, prepare
 from privtune.zo.kernels import TritonZ, interpreting
+from privtune.zo.seeds import Direction
 
 out, cfgs = Path(sys.argv[1]), json.loads(sys.argv[2])
 assert interpreting()
@@ -84,7 +85,10 @@ res["engine"]["z"] = {n: (zb.draw(5, i, p), zb.draw(6, i, p)) for i, (n, p) in e
 
 # (d) runs: one straight, one stopped after a step and resumed; replay of the straight one
 train(C.build(cfgs["a"]))
-train(C.build(cfgs["b"]), stop_after=1)
+def stop(ev):  # stop cleanly after the first step, as an interruption would
+    if ev["event"] == "step":
+        raise StopRequested()
+assert train(C.build(cfgs["b"]), callback=stop) == {"stopped_at": 1}
 train(C.build(cfgs["b"]), resume=True)
 from typer.testing import CliRunner
 from privtune.cli import app
@@ -191,10 +195,10 @@ def test_triton_run_replays_and_resumes_bitwise(interp):
     code, out = interp[1]["replay"]  # privtune replay --verify, under the interpreter
     assert code == 0 and "all 10 tensors bit-identical" in out, out
     assert json.loads((work / "a" / "engine.json").read_text())["z_kernel"] == "triton"
-    from privtune import rundir as R
+    from privtune import atomic as A
 
-    a = R.load_tensors(work / "a" / "model" / "trainable.safetensors")
-    b = R.load_tensors(work / "b" / "model" / "trainable.safetensors")
+    a = A.load_tensors(work / "a" / "model" / "trainable.safetensors")
+    b = A.load_tensors(work / "b" / "model" / "trainable.safetensors")
     assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)  # stopped + resumed = straight
     assert (work / "a" / "transcript.jsonl").read_text() == (work / "b" / "transcript.jsonl").read_text()
 
@@ -252,7 +256,7 @@ def test_torch_backend_is_unchanged(make_cfg, tmp_path):
     q = p.clone()
     zb.axpy_(q, 4, 2, -0.1, 0.9)
     torch.testing.assert_close(q, p * 0.9 - 0.1 * Direction.draw(4, 2, p))
-    from privtune.train import train
+    from privtune.run.loop import train
 
     cfg = make_cfg(**{"train.steps": 2})
     assert cfg.train.z_kernel == "auto"

@@ -2,6 +2,6 @@
 audit (onerun.py) and the run-dir driver that writes audit.json beside the proven bound (run.py)."""
 
 from privtune.audit.attacks import ATTACKS
-from privtune.audit.run import AUDIT, audit_run
+from privtune.audit.run import audit_run
 
-__all__ = ["ATTACKS", "AUDIT", "audit_run"]
+__all__ = ["ATTACKS", "audit_run"]

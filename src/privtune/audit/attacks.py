@@ -21,6 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..run.setup import encode_examples
 from ..zo.forward import left_pad, length_sorted_chunks, position_ids
 
 ATTACKS = ("loss", "zlib", "mink", "minkpp", "ref")
@@ -67,9 +68,8 @@ def lm_scores(stats: list[dict], texts: list[str]) -> dict[str, np.ndarray]:
 
 def scores(setup, examples, base_state: dict, trained_state: dict, attacks=ATTACKS, micro_batch: int = 16) -> dict:
     """Attack scores for `examples` (privtune.data.Example) under the run's trained weights. `setup` is a
-    privtune.train.Setup; its trainable parameters are left at `trained_state`."""
+    privtune.run.setup.Setup; its trainable parameters are left at `trained_state`."""
     from ..data import render
-    from ..train import encode_examples
     from ..trainable import load_trainable_state
 
     out: dict[str, np.ndarray] = {}

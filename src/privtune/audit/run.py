@@ -21,28 +21,22 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 
 import numpy as np
 
-from .. import config as C
-from .. import rundir as R
+from ..atomic import load_tensors
 from ..errors import ConfigError, PrivtuneError
+from ..run.keystore import SecretKey
+from ..run.rundir import RunDir
+from ..run.setup import prepare
 from . import metrics, onerun
 from .attacks import ATTACKS, scores
 
-AUDIT = "audit.json"
-CANARIES = "canaries.json"
 
-
-def _load_run(run: Path):
-    weights = run / R.MODEL_DIR / "trainable.safetensors"
-    if not (run / R.CONFIG).is_file():
-        raise PrivtuneError(f"{run}: not a privtune run directory (no {R.CONFIG})")
-    if not weights.is_file():
-        raise PrivtuneError(f"{weights}: missing; the run has not finished")
-    privacy = json.loads((run / R.PRIVACY).read_text()) if (run / R.PRIVACY).is_file() else {}
-    return C.build(C.load_yaml(run / R.CONFIG)), weights, privacy
+def _load_run(run: RunDir):
+    weights = run.final_weights()
+    privacy = json.loads(run.privacy.read_text()) if run.privacy.is_file() else {}
+    return run.load_config(), weights, privacy
 
 
 def _heldout(train, exclude: set[int], labels_wanted: list[int], seed: int) -> list[int]:
@@ -65,7 +59,6 @@ def _heldout(train, exclude: set[int], labels_wanted: list[int], seed: int) -> l
 def secret_design(cfg, n_pool: int, secret_seed: int) -> tuple[np.ndarray, int]:
     """PACZero audit mode: the public design [n_pool, M] and J, drawn from the known secret as PACZero draws it."""
     from ..methods.paczero import balanced_design
-    from ..secrets import SecretKey
 
     design = balanced_design(n_pool, cfg.method.subsets, cfg.train.seed)
     return design, int(SecretKey(secret_seed).numpy("subset").integers(cfg.method.subsets))
@@ -112,10 +105,9 @@ def audit_run(run_dir, *, attacks=ATTACKS, limit: int | None = 500, n_boot: int 
     """Run the attacks (and the canary audit, if the run has canaries) and write run_dir/audit.json."""
     from ..data import Example, balanced_pool
     from ..privacy.bounds import tradeoff_tpr
-    from ..train import prepare
     from ..trainable import trainable_state
 
-    run = Path(run_dir)
+    run = RunDir.open(run_dir)
     attacks = tuple(attacks)
     unknown = [a for a in attacks if a not in ATTACKS]
     if unknown or not attacks:
@@ -125,7 +117,7 @@ def audit_run(run_dir, *, attacks=ATTACKS, limit: int | None = 500, n_boot: int 
         raise ConfigError(f"secret_seed: only PACZero runs have a secret subset to audit (this is {cfg.method.name})")
     canary = None
     if cfg.task.canaries:
-        path = run / CANARIES
+        path = run.canaries
         if not path.is_file():
             raise PrivtuneError(f"{path}: missing; the run was trained with task.canaries but has no canary file")
         canary = json.loads(path.read_text())
@@ -135,7 +127,7 @@ def audit_run(run_dir, *, attacks=ATTACKS, limit: int | None = 500, n_boot: int 
     setup = prepare(cfg, need_pool=False, need_eval=False)
     pool_index = balanced_pool(setup.task.train, cfg.task.pool_size, cfg.train.seed)
     base_state = trainable_state(setup.sel)
-    trained_state = R.load_tensors(weights)
+    trained_state = load_tensors(weights)
     canary_in = [bool(x) for x in canary["included"]] if canary else []
     rng = np.random.default_rng(np.random.SeedSequence([seed, 17]))
     design = in_s = None
@@ -175,7 +167,7 @@ def audit_run(run_dir, *, attacks=ATTACKS, limit: int | None = 500, n_boot: int 
                                   posterior_bound=bound if applies else None,
                                   epsilon=float(dp_eps) if applies and dp else None, delta=float(dp_delta or 0.0),
                                   other_tests=len(attacks) if canary_checked else 0, n_boot=n_boot, seed=seed)
-    result = {"run_dir": str(run), "method": cfg.method.name, "guarantee": guarantee, "threat_model": threat,
+    result = {"run_dir": str(run.path), "method": cfg.method.name, "guarantee": guarantee, "threat_model": threat,
               "mia_posterior_bound": bound, "bound_applies": applies, "alpha": checks["alpha"],
               "n_tests": checks["n_tests"], "check_confidence": 1.0 - checks["alpha_per_test"],
               "n_members": n_m, "n_nonmembers": n_x - n_m, "attacks": {}, "violation": False,
@@ -224,5 +216,5 @@ def audit_run(run_dir, *, attacks=ATTACKS, limit: int | None = 500, n_boot: int 
                          "posterior_success": max(result["attacks"][a]["posterior_success"] for a in attacks),
                          "epsilon_lower_bound": (result["canary"]["epsilon_lower_bound"]
                                                  if result.get("canary", {}).get("valid") else None)}
-    R.atomic_write_json(run / AUDIT, result)
+    run.write_record(run.audit, result)
     return result

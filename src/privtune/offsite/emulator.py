@@ -33,7 +33,7 @@ from torch import nn
 from ..data import load_task
 from ..errors import ConfigError, PrivtuneError
 from ..models import HashCodec, HFCodec, LoadedModel, load_model
-from ..rundir import atomic_save_tensors, atomic_write_text, fsync_dir, load_tensors
+from ..atomic import atomic_save_tensors, atomic_write_text, fsync_dir, load_tensors
 from . import forward as FW
 from . import distill as D
 from . import gcs as GCS

@@ -17,7 +17,7 @@ import torch
 
 from ..data import balanced_pool, load_task
 from ..errors import ConfigError, PrivtuneError
-from ..rundir import atomic_save_tensors, atomic_write_text
+from ..atomic import atomic_save_tensors, atomic_write_text
 from . import forward as FW
 
 ADAPTERS, ADAPTERS_JSON = "adapters.safetensors", "adapters.json"
@@ -122,7 +122,7 @@ def save_adapters(out: Path, state: dict[str, torch.Tensor], info: dict) -> None
 
 
 def load_adapters(folder: Path) -> tuple[dict[str, torch.Tensor], dict]:
-    from ..rundir import load_tensors
+    from ..atomic import load_tensors
 
     folder = Path(folder)
     for f in (ADAPTERS, ADAPTERS_JSON):

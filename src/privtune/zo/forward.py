@@ -28,8 +28,8 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
-from ..models import cache_dir
-from ..rundir import atomic_write_bytes
+from ..atomic import atomic_write_bytes
+from ..paths import cache_dir
 from ..trainable import decoder_parts
 
 

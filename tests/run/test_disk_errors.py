@@ -2,7 +2,7 @@
 
 We run as root in CI, where chmod 0o500 does not stop writes; `writes_blocked()` detects that, and the tests then
 simulate the read-only directory (PermissionError from tempfile.mkdtemp/mkstemp under it). A full disk is simulated
-at the rundir write primitives: from the N-th write of a chosen file on, every atomic write (and, for ENOSPC, every
+at the write primitives (privtune.atomic): from the N-th write of a chosen file on, every atomic write (and, for ENOSPC, every
 append) raises OSError(ENOSPC), as a disk that stays full would.
 
 A failing write becomes a one-line PrivtuneError naming the file (CLI: "error: ...", exit 2). What also holds:
@@ -27,12 +27,13 @@ from pathlib import Path
 import pytest
 import torch
 
+from privtune import atomic as A
 from privtune import config as C
-from privtune import rundir as R
-from privtune import train as T
 from privtune.errors import PrivtuneError
+from privtune.run import rundir as R
+from privtune.run.loop import train
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SECRET_SEED = "31337"
 
 
@@ -84,7 +85,7 @@ def env(tmp_path_factory):
         mp.setenv("PRIVTUNE_CACHE", str(tmp / "cache"))
         torch.set_num_threads(1)
         ref = Path(cfg_dict(tmp, tmp / "ref")["out_dir"])
-        T.train(C.build(cfg_dict(tmp, ref)))
+        train(C.build(cfg_dict(tmp, ref)))
         yield tmp, ref
 
 
@@ -95,7 +96,7 @@ class DiskFull:
     def __init__(self, monkeypatch, run: Path, pattern: str, nth: int, code: int):
         self.run, self.pattern, self.nth, self.code = run, pattern, nth, code
         self.seen, self.full, self.spent_at_failure = 0, False, None
-        real_atomic, real_append = R._atomic, R.append_jsonl
+        real_atomic, real_append = A._atomic, A.append_jsonl
 
         def atomic(path, write):
             self.hit(path)
@@ -111,9 +112,9 @@ class DiskFull:
                 raise self.error(dir)
             return tempfile.mkdtemp(*a, dir=dir, **k)
 
-        monkeypatch.setattr(R, "_atomic", atomic)
-        monkeypatch.setattr(R, "append_jsonl", append)
-        monkeypatch.setattr(T, "tempfile", types.SimpleNamespace(mkdtemp=mkdtemp))
+        monkeypatch.setattr(A, "_atomic", atomic)
+        monkeypatch.setattr(A, "append_jsonl", append)
+        monkeypatch.setattr(A, "tempfile", types.SimpleNamespace(mkdtemp=mkdtemp, mkstemp=tempfile.mkstemp))
 
     def error(self, path) -> OSError:
         return OSError(self.code, os.strerror(self.code), str(path))
@@ -149,7 +150,7 @@ def test_write_failure_keeps_the_ledger_and_resumes(env, monkeypatch, name):
     run = Path(cfg.out_dir)
     disk = DiskFull(monkeypatch, run, *FAILURES[name])
     with pytest.raises(PrivtuneError) as e:
-        T.train(cfg)
+        train(cfg)
     assert disk.full, "the failure was never triggered"
     print(f"{name}: {type(e.value).__name__}: {e.value}")
     # one line naming the file that failed (in the run dir: "out_dir: ..."; in the keystore: the file), why, the fix
@@ -171,14 +172,14 @@ def test_write_failure_keeps_the_ledger_and_resumes(env, monkeypatch, name):
         assert after is not None and after >= disk.spent_at_failure  # parses, never lower
         assert after <= 0.3 + 1e-12
         led = json.loads((run / R.PRIVACY).read_text())
-        rows = R.read_jsonl(run / R.TRANSCRIPT)
+        rows = A.read_jsonl(run / R.TRANSCRIPT)
         lcs = led["last_charged_step"]
         assert len(rows) in (lcs, lcs + 1)  # the transcript lags the ledger by at most the failed step
         total = 0.0
         for r in rows[: lcs + 1]:
             total += r["charged_nats"]
         assert total == after if len(rows) == lcs + 1 else total <= after
-    T.train(cfg, resume=run.exists())  # room again: continue
+    train(cfg, resume=run.exists())  # room again: continue
     assert spent(run) >= (after or 0.0)
     for rel in ("model/trainable.safetensors", "transcript.jsonl"):
         assert (run / rel).read_bytes() == (ref / rel).read_bytes(), rel
@@ -195,7 +196,7 @@ def test_disk_full_is_a_one_line_privtune_error(env, monkeypatch, name):
     cfg = C.build(cfg_dict(tmp, tmp / f"clear-{name}"))
     DiskFull(monkeypatch, Path(cfg.out_dir), *FAILURES[name])
     with pytest.raises(PrivtuneError) as e:
-        T.train(cfg)
+        train(cfg)
     msg = str(e.value)
     assert "\n" not in msg and "No space left" in msg
 
@@ -206,11 +207,11 @@ def test_failed_model_save_leaves_no_temp_dir(env, monkeypatch):
     run = Path(cfg.out_dir)
     DiskFull(monkeypatch, run, *FAILURES["final_model"])
     with pytest.raises(PrivtuneError):
-        T.train(cfg)
+        train(cfg)
     monkeypatch.undo()
     monkeypatch.setenv("PRIVTUNE_SECRET_SEED", SECRET_SEED)
     monkeypatch.setenv("PRIVTUNE_CACHE", str(tmp / "cache"))
-    T.train(cfg, resume=True)
+    train(cfg, resume=True)
     assert not list(run.glob(".model-*")), sorted(p.name for p in run.iterdir())
 
 
@@ -225,7 +226,7 @@ def readonly_parent(tmp: Path, monkeypatch=None) -> tuple[Path, bool]:
             if dir is not None and Path(dir).resolve() == parent.resolve():
                 raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(dir))
             return tempfile.mkdtemp(*a, dir=dir, **k)
-        monkeypatch.setattr(T, "tempfile", types.SimpleNamespace(mkdtemp=mkdtemp))
+        monkeypatch.setattr(A, "tempfile", types.SimpleNamespace(mkdtemp=mkdtemp, mkstemp=tempfile.mkstemp))
     return parent, real
 
 
@@ -234,7 +235,7 @@ def test_readonly_parent_creates_nothing(tmp_path, monkeypatch):
     parent, _ = readonly_parent(tmp_path, monkeypatch)
     try:
         with pytest.raises(PrivtuneError) as e:
-            T.train(C.build(cfg_dict(tmp_path, parent / "run")))
+            train(C.build(cfg_dict(tmp_path, parent / "run")))
         print(f"read-only parent: {type(e.value).__name__}: {e.value}")
         assert list(parent.iterdir()) == []
         keys = tmp_path / "cache" / "secrets"
@@ -248,7 +249,7 @@ def test_readonly_parent_is_a_one_line_config_error(tmp_path, monkeypatch):
     parent, _ = readonly_parent(tmp_path, monkeypatch)
     try:
         with pytest.raises(PrivtuneError, match="out_dir"):
-            T.train(C.build(cfg_dict(tmp_path, parent / "run")))
+            train(C.build(cfg_dict(tmp_path, parent / "run")))
     finally:
         parent.chmod(0o700)
 
@@ -259,12 +260,12 @@ import errno, os, sys, tempfile, types
 from pathlib import Path
 ro = os.environ.get("SIMULATE_READONLY")
 if ro:
-    import privtune.train as T
+    import privtune.atomic as A
     def mkdtemp(*a, dir=None, **k):
         if dir is not None and Path(dir).resolve() == Path(ro).resolve():
             raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(dir))
         return tempfile.mkdtemp(*a, dir=dir, **k)
-    T.tempfile = types.SimpleNamespace(mkdtemp=mkdtemp)
+    A.tempfile = types.SimpleNamespace(mkdtemp=mkdtemp, mkstemp=tempfile.mkstemp)
 from privtune.cli import main
 sys.argv[0] = "privtune"
 main()

@@ -1,29 +1,19 @@
-"""Run-directory layout and crash-safe file primitives (temp file + fsync + rename; fsync'd appends).
-
-out_dir/
-  config.yaml        resolved config
-  metrics.jsonl      one line per logged step (released or public quantities only)
-  transcript.jsonl   per step: public seeds and released scalars/signs — enough to rebuild the model
-  privacy.json       the privacy ledger (written only by privtune.ledger)
-  eval.json          accuracy on the public eval split
-  engine.json        the resolved z backend (train.z_kernel: torch | triton); resume and replay use the same one
-  state/             resume state: trainable-<step>.safetensors + state.json (pointer, written last)
-  model/             final trainable weights (safetensors) + manifest.json
-"""
+"""Crash-safe file primitives: temp file + fsync + rename; fsync'd JSONL appends; whole folders built beside their
+final name and renamed into place. A kill at any instant leaves either the old file or the new one, never half of
+one (at worst a hidden temp file, which `sweep_temp` removes)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
+from typing import Callable, Iterator
 
 import torch
 from safetensors.torch import load_file, save_file
-
-CONFIG, METRICS, TRANSCRIPT, PRIVACY, EVAL = "config.yaml", "metrics.jsonl", "transcript.jsonl", "privacy.json", "eval.json"
-STATE_DIR, MODEL_DIR = "state", "model"
-ENGINE = "engine.json"
 
 
 def fsync_dir(path: Path) -> None:
@@ -79,6 +69,24 @@ def load_tensors(path: Path) -> dict[str, torch.Tensor]:
     return load_file(str(path))
 
 
+@contextlib.contextmanager
+def atomic_dir(final: Path, *, replace: bool = False) -> Iterator[Path]:
+    """Build the folder `final` in a hidden temp sibling (`.<name>-XXXX`, yielded) and rename it into place once the
+    body completes; on any failure the temp folder goes and `final` is untouched. An existing `final` is replaced
+    only with `replace` (else it must be an empty folder, which the caller has checked)."""
+    final = Path(final)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}-", dir=final.parent))
+    try:
+        yield tmp
+        if final.exists():
+            shutil.rmtree(final) if replace else final.rmdir()
+        os.rename(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    fsync_dir(final.parent)
+
+
 def append_jsonl(path: Path, obj) -> None:
     with open(path, "a", encoding="utf-8") as f:
         f.write(json.dumps(obj) + "\n")
@@ -98,20 +106,20 @@ def read_jsonl(path: Path, repair: bool = False) -> list[dict]:
     return [json.loads(line) for line in keep.decode("utf-8").splitlines() if line.strip()]
 
 
-def truncate_jsonl(path: Path, keep) -> None:
+def truncate_jsonl(path: Path, keep: Callable[[dict], bool]) -> None:
     """Rewrite a JSONL file keeping only the lines where keep(line) is true (atomic)."""
     rows = [r for r in read_jsonl(path) if keep(r)]
     atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
 
 
-def sweep_temp(run: Path) -> None:
-    """Remove what an interrupted atomic write left behind (hidden temp files and `.model-*` dirs) in a run dir and
-    its state/. Called on resume only, when this process is the run's one writer."""
-    import shutil
-
-    for d in (Path(run), Path(run) / STATE_DIR):
-        for f in d.glob(".*") if d.is_dir() else ():
-            if f.is_dir() and f.name.startswith(".model-"):
+def sweep_temp(folder: Path, dirs: tuple[str, ...] = ()) -> None:
+    """Remove what interrupted atomic writes left in `folder`: hidden temp files, and the temp folders of
+    `atomic_dir` whose final names are in `dirs`. Only for a folder this process is the one writer of."""
+    folder = Path(folder)
+    prefixes = tuple(f".{d}-" for d in dirs)
+    for f in folder.glob(".*") if folder.is_dir() else ():
+        if f.is_dir():
+            if f.name.startswith(prefixes):
                 shutil.rmtree(f, ignore_errors=True)
-            elif f.is_file():
-                f.unlink(missing_ok=True)
+        elif f.is_file():
+            f.unlink(missing_ok=True)

@@ -13,13 +13,15 @@ from pathlib import Path
 import pytest
 import torch
 
+from privtune import atomic as A
 from privtune import config as C
-from privtune import rundir as R
-from privtune import secrets as S
-from privtune import train as T
-from privtune.ledger import Ledger
+from privtune.run import keystore as S
+from privtune.run import rundir as R
+from privtune.run.ledger import Ledger
+from privtune.run.loop import train
+from privtune.run.rundir import RunDir
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SECRET_SEED = "4242"
 
 
@@ -76,7 +78,7 @@ def env(tmp_path_factory):
         mp.setenv("PRIVTUNE_CACHE", str(tmp / "cache"))
         torch.set_num_threads(1)
         ref = C.build(cfg_dict(tmp, "ref"))
-        T.train(ref)
+        train(ref)
         yield tmp, Path(ref.out_dir)
 
 
@@ -116,12 +118,12 @@ def test_crash_inside_a_write_then_resume_is_bit_identical(env, monkeypatch, poi
                 raise Crash()  # the temp file is complete, the rename has not happened
         return real_replace(src, dst, *a, **k)
 
-    monkeypatch.setattr(R.os, "replace", replace)
+    monkeypatch.setattr(A.os, "replace", replace)
     with pytest.raises(Crash):
-        T.train(cfg)
+        train(cfg)
     spent_at_crash = ledger_spent(run)
-    monkeypatch.setattr(R.os, "replace", real_replace)
-    T.train(cfg, resume=True)
+    monkeypatch.setattr(A.os, "replace", real_replace)
+    train(cfg, resume=True)
     assert ledger_spent(run) >= spent_at_crash
     assert_same_as(run, ref)
 
@@ -130,7 +132,7 @@ def test_torn_transcript_line_then_resume_is_bit_identical(env, monkeypatch):
     tmp, ref = env
     cfg = C.build(cfg_dict(tmp, "torn"))
     run = Path(cfg.out_dir)
-    real = R.append_jsonl
+    real = A.append_jsonl
 
     def append(path, obj):
         if Path(path).name == R.TRANSCRIPT and obj["step"] == 7:
@@ -139,32 +141,32 @@ def test_torn_transcript_line_then_resume_is_bit_identical(env, monkeypatch):
             raise Crash()
         return real(path, obj)
 
-    monkeypatch.setattr(R, "append_jsonl", append)
+    monkeypatch.setattr(A, "append_jsonl", append)
     with pytest.raises(Crash):
-        T.train(cfg)
+        train(cfg)
     led = json.loads((run / R.PRIVACY).read_text())
     assert led["last_charged_step"] == 7  # charged before the transcript line: the ledger never lags
-    monkeypatch.setattr(R, "append_jsonl", real)
-    T.train(cfg, resume=True)
+    monkeypatch.setattr(A, "append_jsonl", real)
+    train(cfg, resume=True)
     assert_same_as(run, ref)
 
 
 def test_two_crashes_at_the_same_checkpoint_then_resume(env, monkeypatch):
     tmp, ref = env
     cfg = C.build(cfg_dict(tmp, "twice"))
-    real = T.save_checkpoint
+    real = RunDir.save_checkpoint
 
-    def save(run, setup, step):
+    def save(run, step, tensors):
         if step == 10:
-            raise Crash()  # after _save_private(10), before state.json points at 10
-        return real(run, setup, step)
+            raise Crash()  # after the private state of step 10 is saved, before state.json points at 10
+        return real(run, step, tensors)
 
-    monkeypatch.setattr(T, "save_checkpoint", save)
+    monkeypatch.setattr(RunDir, "save_checkpoint", save)
     for resume in (False, True):
         with pytest.raises(Crash):
-            T.train(cfg, resume=resume)
-    monkeypatch.setattr(T, "save_checkpoint", real)
-    T.train(cfg, resume=True)  # the private state of checkpoint 5 survived both crashes
+            train(cfg, resume=resume)
+    monkeypatch.setattr(RunDir, "save_checkpoint", real)
+    train(cfg, resume=True)  # the private state of checkpoint 5 survived both crashes
     assert_same_as(Path(cfg.out_dir), ref)
 
 
@@ -184,25 +186,25 @@ def test_crash_after_the_final_checkpoint_then_resume(env, monkeypatch, where):
                 raise Crash()
         monkeypatch.setattr(Ledger, "update", update)
     else:
-        real = R.atomic_write_json
+        real = A.atomic_write_json
 
         def write(path, obj):
             if Path(path).name == R.EVAL:
                 raise Crash()
             return real(path, obj)
-        monkeypatch.setattr(R, "atomic_write_json", write)
+        monkeypatch.setattr(A, "atomic_write_json", write)
     with pytest.raises(Crash):
-        T.train(cfg)
+        train(cfg)
     monkeypatch.undo()
     assert ledger_spent(run) == ledger_spent(ref)  # every charge is on disk whatever the resume does
     for rel in ("model/trainable.safetensors", "transcript.jsonl"):
         assert (run / rel).read_bytes() == (ref / rel).read_bytes()
-    T.train(cfg, resume=True)  # only the wrap-up is left: no step, no private state, no key needed
+    train(cfg, resume=True)  # only the wrap-up is left: no step, no private state, no key needed
     assert_same_as(run, ref)
     evals = [json.loads((d / R.EVAL).read_text()) for d in (run, ref)]
     assert [e["accuracy"] for e in evals] == [evals[1]["accuracy"]] * 2 and "initial_accuracy" in evals[0]
     run_id = json.loads((run / R.PRIVACY).read_text())["run_id"]
-    assert S.load(run_id) is None and not T._private_path(run_id).exists()  # J can never be re-drawn
+    assert S.load(run_id) is None and not S.private_state_path(run_id).exists()  # J can never be re-drawn
 
 
 def test_privacy_summary_matches_spent_after_a_crash(env, monkeypatch):
@@ -218,17 +220,17 @@ def test_privacy_summary_matches_spent_after_a_crash(env, monkeypatch):
         return real(self, *a, **k)
     monkeypatch.setattr(E.ZOEngine, "apply_update", apply)
     with pytest.raises(Crash):
-        T.train(cfg)
+        train(cfg)
     led = json.loads((Path(cfg.out_dir) / R.PRIVACY).read_text())
     assert led["spent"] > 0
     assert led["mi_nats"] == led["spent"], (led["mi_nats"], led["spent"])  # today: 0.0 vs the spent nats
 
 
-def test_metrics_rows_survive_a_resume_at_a_logged_checkpoint(tmp_path):
+def test_metrics_rows_survive_a_resume_at_a_logged_checkpoint(tmp_path, stop_after):
     ref = C.build(cfg_dict(tmp_path, "mref", "mezo"))
-    T.train(ref)
+    train(ref)
     cfg = C.build(cfg_dict(tmp_path, "m", "mezo"))
-    T.train(cfg, stop_after=8)  # checkpoint at 8, a logged step (log_every 4)
-    T.train(cfg, resume=True)
-    steps = lambda c: [r["step"] for r in R.read_jsonl(Path(c.out_dir) / R.METRICS)]  # noqa: E731
+    train(cfg, callback=stop_after(8))  # checkpoint at 8, a logged step (log_every 4)
+    train(cfg, resume=True)
+    steps = lambda c: [r["step"] for r in A.read_jsonl(Path(c.out_dir) / R.METRICS)]  # noqa: E731
     assert steps(cfg) == steps(ref)  # today: [0, 4, 12] vs [0, 4, 8, 12]

@@ -4,23 +4,28 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from . import config as C
-from . import rundir as R
-from .errors import ConfigError, PrivtuneError
-from .trainable import load_trainable_state
-from .zo.sums import accuracy
+from .. import config as C
+from ..errors import ConfigError
+from ..trainable import load_trainable_state
+from ..zo.sums import accuracy
+from .rundir import RunDir
+from .setup import Setup, encode_examples, prepare
 
 SPLITS = {"dev": "eval", "test": "eval", "eval": "eval", "validation": "eval", "train": "train"}
 
 
-def _score(cfg, split: str, weights: Path | None = None, callback=None) -> dict:
-    from .train import encode_examples, prepare
+def evaluate_setup(setup: Setup) -> dict:
+    """Accuracy of the model as it is now on the set-up eval set (during training: step 0, eval_every, the end)."""
+    acc, correct = accuracy(setup.engine, setup.evalset)
+    return {"accuracy": acc, "correct": correct, "total": len(setup.evalset)}
 
+
+def _score(cfg, split: str, weights: dict | None = None, callback=None) -> dict:
     if split not in SPLITS:
         raise ConfigError(f"split: {split!r} is not one of {sorted(SPLITS)}")
     setup = prepare(cfg, need_pool=False, need_eval=False)
     if weights is not None:
-        load_trainable_state(setup.sel, R.load_tensors(weights))
+        load_trainable_state(setup.sel, weights)
     examples = setup.task.eval if SPLITS[split] == "eval" else setup.task.train
     if cfg.task.eval_limit:
         examples = examples[: cfg.task.eval_limit]
@@ -34,17 +39,13 @@ def _score(cfg, split: str, weights: Path | None = None, callback=None) -> dict:
 
 def evaluate_run(run_dir: str | Path, split: str = "dev", limit: int | None = None, callback=None) -> dict:
     """`callback` gets progress events: a status line, then {"event": "score", "done", "total"} per micro-batch."""
-    run = Path(run_dir)
-    weights = run / R.MODEL_DIR / "trainable.safetensors"
-    if not (run / R.CONFIG).is_file():
-        raise PrivtuneError(f"{run}: not a privtune run directory (no {R.CONFIG})")
-    if not weights.is_file():
-        raise PrivtuneError(f"{weights}: missing; the run has not finished (resume it with privtune train --resume)")
-    data = C.load_yaml(run / R.CONFIG)
+    run = RunDir.open(run_dir)
+    run.final_weights()  # before the (slow) setup: a run that has not finished says so at once
+    data = run.load_config_dict()
     if limit is not None:
         data.setdefault("task", {})["eval_limit"] = limit  # default: the run's own eval set
-    result = {"run_dir": str(run), **_score(C.build(data), split, weights, callback)}
-    R.atomic_write_json(run / f"eval_{split}.json", result)
+    result = {"run_dir": str(run.path), **_score(C.build(data), split, run.load_final_weights(), callback)}
+    run.write_record(run.split_eval(split), result)
     return result
 
 

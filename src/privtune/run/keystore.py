@@ -1,5 +1,5 @@
-"""The run's secret key: source of everything private a mechanism draws (PACZero's secret index J, DP noise and
-DP batches).
+"""The private keystore: the run's secret key, source of everything private a mechanism draws (PACZero's secret
+index J, DP noise and DP batches), and the method's private resume state.
 
 The key never enters the run directory (the shareable artifact). It lives in a private keystore
 (`$PRIVTUNE_CACHE/secrets/<hash of run id>.key`, mode 0600) only so that an interrupted run can resume with the same
@@ -14,6 +14,7 @@ released before its crash: no extra leakage.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import secrets as _pysecrets
@@ -23,7 +24,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .models import cache_dir
+from .. import atomic as A
+from ..errors import PrivtuneError
+from ..paths import cache_dir
 
 # One stream per purpose: "subset" is PACZero's J (step 0) and DPZero's Poisson draws (steps t), which never meet in
 # one run; "batch" is a fixed-size DP batch (DPZero, DP-ZO, DP-SGD with sampling "fixed").
@@ -77,8 +80,42 @@ def private_dir() -> Path:
 
 
 def private_state_path(run_id: str) -> Path:
-    """Where a method's private resume state (e.g. PACZero's posterior over subsets) is kept, out of the run dir."""
+    """Where a method's private resume state (e.g. PACZero's posterior over subsets) is kept, out of the run dir;
+    named like the run's key, so `privtune forget` finds both."""
     return private_dir() / (stem(run_id) + ".pt")
+
+
+def save_private_state(run_id: str, step: int, state: dict, checkpoint_step: int) -> None:
+    """Keep `state` as the private state of checkpoint `step` (nothing to keep: no file). `checkpoint_step`: the
+    step the run dir's checkpoint pointer is at now."""
+    if not state:
+        return
+    path = private_state_path(run_id)
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    states = torch.load(path, weights_only=False)["states"] if path.exists() else {}
+    # Keep the state of the checkpoint state.json points at (the one a resume starts from) until the new checkpoint
+    # lands, whatever crashes happened before; and the newest, in case the pointer moved since.
+    keep = {checkpoint_step, max(states, default=-1)}
+    states = {s: v for s, v in states.items() if s in keep}
+    states[step] = state
+    buf = io.BytesIO()
+    torch.save({"states": states}, buf)
+    A.atomic_write_bytes(path, buf.getvalue())
+
+
+def load_private_state(run_id: str, step: int) -> dict:
+    """The private state kept for checkpoint `step` ({} at step 0, or for a method that keeps none)."""
+    path = private_state_path(run_id)
+    if step == 0 or not path.exists():
+        return {}
+    states = torch.load(path, weights_only=False)["states"]
+    if step not in states:
+        raise PrivtuneError(f"{path}: no private state for checkpoint step {step} (have {sorted(states)}); cannot resume")
+    return states[step]
+
+
+def drop_private_state(run_id: str) -> None:
+    private_state_path(run_id).unlink(missing_ok=True)
 
 
 def _write_private(path: Path, text: str) -> None:

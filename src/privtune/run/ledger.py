@@ -11,34 +11,34 @@ report what they have spent as `epsilon_spent` instead. Every field is documente
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
-from .errors import BudgetError, PrivtuneError
-from .rundir import PRIVACY, atomic_write_json
+from .. import atomic as A
+from ..errors import BudgetError, PrivtuneError
+from .rundir import RunDir
 
 BUDGET_SLACK = 1e-12  # float round-off allowed when the last step spends exactly what remains
 
 
 class Ledger:
-    def __init__(self, run_dir: Path, state: dict):
-        self.path = Path(run_dir) / PRIVACY
+    def __init__(self, run: RunDir, state: dict):
+        self.path = run.privacy
         self.state = state
 
     @classmethod
-    def create(cls, run_dir: Path, **fields) -> "Ledger":
+    def create(cls, run: RunDir, **fields) -> "Ledger":
         state = {"steps_done": 0, "last_charged_step": -1, **fields}
-        led = cls(run_dir, state)
+        led = cls(run, state)
         led._write()
         return led
 
     @classmethod
-    def open(cls, run_dir: Path) -> "Ledger":
-        path = Path(run_dir) / PRIVACY
+    def open(cls, run: RunDir) -> "Ledger":
+        path = run.privacy
         try:
             state = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError) as e:
             raise PrivtuneError(f"{path}: unreadable privacy ledger ({type(e).__name__})") from None
-        return cls(run_dir, state)
+        return cls(run, state)
 
     @property
     def budget(self) -> float | None:
@@ -84,4 +84,4 @@ class Ledger:
         self._write()
 
     def _write(self) -> None:
-        atomic_write_json(self.path, self.state)
+        A.atomic_write_json(self.path, self.state)

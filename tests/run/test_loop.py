@@ -1,3 +1,4 @@
+import inspect
 import json
 import subprocess
 import sys
@@ -6,17 +7,22 @@ from pathlib import Path
 import pytest
 import torch
 
+from privtune import atomic as A
 from privtune import config as C
-from privtune import rundir as R
 from privtune.errors import ConfigError, PrivtuneError, TrainingDiverged
-from privtune.replay import replay, verify
-from privtune.train import train
+from privtune.run.loop import train
+from privtune.run.replay import replay, verify
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def weights(run):
-    return R.load_tensors(Path(run) / "model" / "trainable.safetensors")
+    return A.load_tensors(Path(run) / "model" / "trainable.safetensors")
+
+
+def test_train_takes_no_test_only_arguments():
+    # interruptions are simulated with a callback raising run.loop.StopRequested (conftest's stop_after)
+    assert list(inspect.signature(train).parameters) == ["cfg", "resume", "callback"]
 
 
 def test_run_dir_layout_and_contents(make_cfg):
@@ -28,7 +34,7 @@ def test_run_dir_layout_and_contents(make_cfg):
         assert (run / f).exists(), f
     ev = json.loads((run / "eval.json").read_text())
     assert ev["total"] == 40 and 0 <= ev["accuracy"] <= 1 and ev["accuracy"] == res["accuracy"]
-    lines = R.read_jsonl(run / "transcript.jsonl")
+    lines = A.read_jsonl(run / "transcript.jsonl")
     assert [l["step"] for l in lines] == list(range(12))
     assert set(lines[0]) == {"step", "lr", "updates", "projected_grad"}
     priv = json.loads((run / "privacy.json").read_text())
@@ -37,7 +43,7 @@ def test_run_dir_layout_and_contents(make_cfg):
     assert C.build(C.load_yaml(run / "config.yaml")).model_dump() == cfg.model_dump()
     # weights moved away from the base model
     base = C.build(C.load_yaml(run / "config.yaml"))
-    from privtune.train import build_model
+    from privtune.run.setup import build_model
     _, sel = build_model(base)
     w = weights(run)
     assert any(not torch.equal(w[n], p) for n, p in sel.params)
@@ -56,7 +62,7 @@ def test_per_step_timing_is_released_only_by_methods_without_a_secret(make_cfg, 
     cfg = make_cfg(**over)
     train(cfg)
     run = Path(cfg.out_dir)
-    rows = [r for r in R.read_jsonl(run / "metrics.jsonl") if r.get("kind") != "eval"]
+    rows = [r for r in A.read_jsonl(run / "metrics.jsonl") if r.get("kind") != "eval"]
     assert [r["step"] for r in rows] == [2, 4]
     assert all(("elapsed_s" in r) == timed for r in rows)
     if not timed:
@@ -65,11 +71,11 @@ def test_per_step_timing_is_released_only_by_methods_without_a_secret(make_cfg, 
     assert ("no per-step timing" in json.loads((run / "privacy.json").read_text())["assumptions"]) == (not timed)
 
 
-def test_resume_is_bitwise_identical_to_uninterrupted(tmp_path, make_cfg):
+def test_resume_is_bitwise_identical_to_uninterrupted(tmp_path, make_cfg, stop_after):
     full = make_cfg(out_dir=str(tmp_path / "a"))
     train(full)
     part = make_cfg(out_dir=str(tmp_path / "b"))
-    assert train(part, stop_after=7) == {"stopped_at": 7}
+    assert train(part, callback=stop_after(7)) == {"stopped_at": 7}
     assert not (tmp_path / "b" / "model").exists()
     train(part, resume=True)
     wa, wb = weights(tmp_path / "a"), weights(tmp_path / "b")
@@ -78,9 +84,9 @@ def test_resume_is_bitwise_identical_to_uninterrupted(tmp_path, make_cfg):
     assert ta == (tmp_path / "b" / "transcript.jsonl").read_text()
 
 
-def test_resume_sweeps_temp_files_of_interrupted_writes(tmp_path, make_cfg):
+def test_resume_sweeps_temp_files_of_interrupted_writes(tmp_path, make_cfg, stop_after):
     cfg = make_cfg(**{"train.steps": 6})
-    train(cfg, stop_after=5)
+    train(cfg, callback=stop_after(5))
     run = tmp_path / "run"
     junk = [run / ".privacy.json.abc123", run / "state" / ".trainable-00000005.safetensors.x1"]
     for j in junk:
@@ -91,13 +97,13 @@ def test_resume_sweeps_temp_files_of_interrupted_writes(tmp_path, make_cfg):
     assert not [f for f in run.rglob(".*")]
 
 
-def test_resume_after_crash_between_checkpoints_recomputes_and_verifies(tmp_path, make_cfg):
+def test_resume_after_crash_between_checkpoints_recomputes_and_verifies(tmp_path, make_cfg, stop_after):
     full = make_cfg(out_dir=str(tmp_path / "a"))
     train(full)
     cfg = make_cfg(out_dir=str(tmp_path / "b"))
-    train(cfg, stop_after=8)
+    train(cfg, callback=stop_after(8))
     # simulate a crash after step 10 was released: transcript ahead of the checkpoint (8), plus a torn line
-    ref = R.read_jsonl(tmp_path / "a" / "transcript.jsonl")
+    ref = A.read_jsonl(tmp_path / "a" / "transcript.jsonl")
     with open(tmp_path / "b" / "transcript.jsonl", "a") as f:
         for line in ref[8:10]:
             f.write(json.dumps(line) + "\n")
@@ -108,13 +114,13 @@ def test_resume_after_crash_between_checkpoints_recomputes_and_verifies(tmp_path
     assert (tmp_path / "a" / "transcript.jsonl").read_text() == (tmp_path / "b" / "transcript.jsonl").read_text()
 
 
-def test_resume_detects_a_tampered_transcript(tmp_path, make_cfg):
+def test_resume_detects_a_tampered_transcript(tmp_path, make_cfg, stop_after):
     cfg = make_cfg()
-    train(cfg, stop_after=5)
+    train(cfg, callback=stop_after(5))
     p = Path(cfg.out_dir) / "transcript.jsonl"
-    lines = R.read_jsonl(p)
+    lines = A.read_jsonl(p)
     extra = dict(lines[-1], step=5, updates=[[1, 0.5]])
-    R.append_jsonl(p, extra)
+    A.append_jsonl(p, extra)
     with pytest.raises(PrivtuneError, match="differs"):
         train(cfg, resume=True)
 
@@ -131,7 +137,7 @@ def test_replay_detects_a_wrong_transcript(make_cfg):
     cfg = make_cfg()
     train(cfg)
     p = Path(cfg.out_dir) / "transcript.jsonl"
-    lines = R.read_jsonl(p)
+    lines = A.read_jsonl(p)
     lines[3]["updates"][0][1] += 1e-3
     p.write_text("".join(json.dumps(l) + "\n" for l in lines))
     ok, _ = verify(cfg.out_dir, replay(cfg.out_dir))
@@ -140,7 +146,7 @@ def test_replay_detects_a_wrong_transcript(make_cfg):
 
 def test_lora_every_trainable_changes_no_frozen_does(make_cfg):
     cfg = make_cfg(**{"trainable.kind": "lora", "method.lr": 1e-2})
-    from privtune.train import build_model
+    from privtune.run.setup import build_model
     _, sel0 = build_model(cfg)
     base = {n: p.detach().clone() for n, p in sel0.model.named_parameters()}
     train(cfg)
@@ -181,7 +187,7 @@ def test_nan_loss_stops_and_keeps_last_good_state(make_cfg, monkeypatch):
         train(cfg)
     run = Path(cfg.out_dir)
     st = json.loads((run / "state" / "state.json").read_text())
-    assert st["step"] == 6 and len(R.read_jsonl(run / "transcript.jsonl")) == 6
+    assert st["step"] == 6 and len(A.read_jsonl(run / "transcript.jsonl")) == 6
     assert json.loads((run / "privacy.json").read_text())["steps_done"] == 6
 
 
@@ -209,14 +215,14 @@ DP_SMALL = {"train.steps": 2, "task.pool_size": 32, "task.eval_limit": 8, "metho
             "method.name": "dpzero", "method.epsilon": 2.0, "method.clip": 5.0}
 
 
-def test_fixed_secret_run_is_recorded_and_warned_at_every_start(tmp_path, make_cfg, monkeypatch):
+def test_fixed_secret_run_is_recorded_and_warned_at_every_start(tmp_path, make_cfg, monkeypatch, stop_after):
     from privtune.privacy.bounds import eps_to_posterior
 
     monkeypatch.setenv("PRIVTUNE_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("PRIVTUNE_SECRET_SEED", "99")
     fixed = make_cfg(**DP_SMALL, out_dir=str(tmp_path / "fixed"))
     events = []
-    assert train(fixed, stop_after=1, callback=events.append) == {"stopped_at": 1}
+    assert train(fixed, callback=stop_after(1, events.append)) == {"stopped_at": 1}
     train(fixed, resume=True, callback=events.append)  # the key comes from the keystore, the warning from privacy.json
     warnings = [e for e in events if e["event"] == "warning"]
     assert warnings == [{"event": "warning", "message": AUDIT_WARNING}] * 2

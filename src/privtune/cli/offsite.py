@@ -8,15 +8,10 @@ from typing import Optional
 
 import typer
 
-from .errors import ConfigError, PrivtuneError
+from ..errors import ConfigError, PrivtuneError
+from .common import Progress, fail, run
 
 app = typer.Typer(no_args_is_help=True, help="Offsite-tuning: build an emulator, tune adapters on it, plug them in.")
-
-
-def _cli():
-    from . import cli  # the shared helpers (_run, _Progress) live there
-
-    return cli
 
 
 @app.command()
@@ -42,18 +37,17 @@ def build(
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ):
     """Build an emulator folder (emulator.safetensors + manifest.json) from the full model."""
-    from .offsite import distill as D
-    from .offsite import emulator as E
+    from ..offsite import distill as D
+    from ..offsite import emulator as E
 
-    cli = _cli()
     dopt = None if distill_corpus is None else D.DistillOptions(
         corpus=distill_corpus, texts=distill_texts, max_tokens=distill_max_tokens, steps=distill_steps,
         batch_size=distill_batch, lr=distill_lr, seed=seed)
     opt = E.BuildOptions(method=method, adapters=adapters, ratio=ratio, task=task, calib=calib, lam=lam,
                          keep_top=keep_top, seed=seed, distill=dopt)
     if method not in E.METHODS:  # before loading a model
-        cli._fail(f"--method: {method!r} is not one of {', '.join(E.METHODS)}")
-    result = cli._run(lambda: E.build_folder(model, opt, out, cli._Progress("build", quiet)))
+        fail(f"--method: {method!r} is not one of {', '.join(E.METHODS)}")
+    result = run(lambda: E.build_folder(model, opt, out, Progress("build", quiet)))
     typer.echo(json.dumps(result))
 
 
@@ -70,10 +64,8 @@ def tune(
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ):
     """Train the adapter blocks on the emulator (first-order Adam); save them under the full model's names."""
-    from .offsite import emulator as E
-    from .offsite import tune as T
-
-    cli = _cli()
+    from ..offsite import emulator as E
+    from ..offsite import tune as T
 
     def go():
         opt = T.TuneOptions(task=task, examples=examples, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed)
@@ -82,7 +74,7 @@ def tune(
             raise PrivtuneError(f"--out: {out} exists and is not an empty folder")
         lm, manifest = E.load(emulator)
         amap = T.adapter_map(manifest)
-        summary = T.train_adapters(lm.model, lm.codec, amap, opt, cli._Progress("tune", quiet))
+        summary = T.train_adapters(lm.model, lm.codec, amap, opt, Progress("tune", quiet))
         info = {"source": manifest["source"], "emulator_method": manifest["method"],
                 "emulator_manifest_sha256": __import__("hashlib").sha256(E.manifest_bytes(manifest)).hexdigest(),
                 "task": task, "steps": summary["steps"], "examples": summary["examples"],
@@ -91,7 +83,7 @@ def tune(
         return {"out": str(out), "steps": summary["steps"], "examples": summary["examples"],
                 "final_train_loss": summary["loss_log"][-1]["train_loss"] if summary["loss_log"] else None}
 
-    typer.echo(json.dumps(cli._run(go)))
+    typer.echo(json.dumps(run(go)))
 
 
 @app.command()
@@ -101,12 +93,10 @@ def plug(
     out: Path = typer.Option(..., "--out", help="HF model folder to write (usable as privtune eval --model OUT)"),
 ):
     """Plug trained adapters into the full model and save it as an HF folder."""
-    from .models import HFCodec, load_model
-    from .offsite import emulator as E
-    from .offsite import plug as P
-    from .offsite import tune as T
-
-    cli = _cli()
+    from ..models import HFCodec, load_model
+    from ..offsite import emulator as E
+    from ..offsite import plug as P
+    from ..offsite import tune as T
 
     def go():
         if out.exists() and (not out.is_dir() or any(out.iterdir())):
@@ -122,7 +112,7 @@ def plug(
         lm.codec.tok.save_pretrained(out)
         return {"out": str(out), "tensors": len(state)}
 
-    typer.echo(json.dumps(cli._run(go)))
+    typer.echo(json.dumps(run(go)))
 
 
 @app.command("eval")
@@ -134,14 +124,12 @@ def eval_cmd(
     limit: int = typer.Option(300, "--limit", help="first N examples of the task's eval split"),
 ):
     """Accuracy of an emulator or of the full model (optionally with adapters plugged in) on a task's eval split."""
-    from .data import load_task
-    from .models import load_model
-    from .offsite import emulator as E
-    from .offsite import forward as FW
-    from .offsite import plug as P
-    from .offsite import tune as T
-
-    cli = _cli()
+    from ..data import load_task
+    from ..models import load_model
+    from ..offsite import emulator as E
+    from ..offsite import forward as FW
+    from ..offsite import plug as P
+    from ..offsite import tune as T
 
     def go():
         if (emulator is None) == (model is None):
@@ -165,4 +153,4 @@ def eval_cmd(
         return {"accuracy": acc, "correct": correct, "total": len(ids), "task": task, "split": "eval",
                 "model": str(emulator) if emulator is not None else model, "adapters": str(adapters) if adapters else None}
 
-    typer.echo(json.dumps(cli._run(go)))
+    typer.echo(json.dumps(run(go)))

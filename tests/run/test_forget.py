@@ -9,12 +9,14 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from privtune import forget as F
-from privtune import rundir as R
-from privtune import secrets as S
+from privtune import atomic as A
 from privtune.cli import app
 from privtune.errors import BudgetError, PrivtuneError
-from privtune.train import _private_path, train
+from privtune.run import forget as F
+from privtune.run import keystore as S
+from privtune.run import rundir as R
+from privtune.run.keystore import private_state_path
+from privtune.run.loop import train
 
 DAY = 86400.0
 
@@ -31,9 +33,9 @@ def keystore_files(cache: Path) -> list[str]:
 
 def fake_run(path: Path, run_id: str, finished: bool = False) -> Path:
     path.mkdir(parents=True)
-    R.atomic_write_json(path / R.PRIVACY, {"run_id": run_id, "steps_done": 3})
+    A.atomic_write_json(path / R.PRIVACY, {"run_id": run_id, "steps_done": 3})
     if finished:
-        R.atomic_write_json(path / R.EVAL, {"accuracy": 0.5})
+        A.atomic_write_json(path / R.EVAL, {"accuracy": 0.5})
     return path
 
 
@@ -61,11 +63,11 @@ def test_key_record_names_the_run_dir_is_private_and_goes_with_the_key(cache, tm
 
 
 # --------------------------------------------------------------------------------------- privtune forget RUN
-def test_forget_run_deletes_key_and_private_state_then_resume_is_refused(cache, tmp_path, make_cfg):
+def test_forget_run_deletes_key_and_private_state_then_resume_is_refused(cache, tmp_path, make_cfg, stop_after):
     cfg = pac_cfg(make_cfg, tmp_path, **{"train.checkpoint_every": 2})
-    assert train(cfg, stop_after=3) == {"stopped_at": 3}  # an abandoned run: key, record and posterior kept
+    assert train(cfg, callback=stop_after(3)) == {"stopped_at": 3}  # an abandoned run: key, record and posterior kept
     run_id = json.loads((tmp_path / "run" / R.PRIVACY).read_text())["run_id"]
-    assert _private_path(run_id).exists() and S.load(run_id) is not None and len(keystore_files(cache)) == 3
+    assert private_state_path(run_id).exists() and S.load(run_id) is not None and len(keystore_files(cache)) == 3
     r = CliRunner().invoke(app, ["forget", str(tmp_path / "run")])
     assert r.exit_code == 0, r.output
     assert r.stdout.startswith(f"forgot {tmp_path / 'run'}: deleted its secret key, key record, private state")
@@ -100,12 +102,12 @@ def test_run_that_spends_its_budget_forgets_by_itself(cache, tmp_path, make_cfg,
     assert (tmp_path / "run" / R.PRIVACY).exists() and keystore_files(cache) == []
 
 
-def test_resume_of_a_spent_run_forgets_it(cache, tmp_path, make_cfg):
+def test_resume_of_a_spent_run_forgets_it(cache, tmp_path, make_cfg, stop_after):
     cfg = pac_cfg(make_cfg, tmp_path)
-    train(cfg, stop_after=3)
+    train(cfg, callback=stop_after(3))
     led = json.loads((tmp_path / "run" / R.PRIVACY).read_text())
     led["spent"] = led["budget"]  # killed right after the charge that spent the budget
-    R.atomic_write_json(tmp_path / "run" / R.PRIVACY, led)
+    A.atomic_write_json(tmp_path / "run" / R.PRIVACY, led)
     assert keystore_files(cache)
     with pytest.raises(BudgetError, match="budget is spent"):
         train(cfg, resume=True)

@@ -1,4 +1,4 @@
-"""`privtune audit RUN_DIR` and `privtune report RUN_DIR... --out DIR` (registered in cli.py)."""
+"""`privtune audit RUN_DIR` and `privtune report RUN_DIR... --out DIR`."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from typing import List, Optional
 
 import typer
 
-from .cli import _fail, _Progress, _run
-from .errors import PrivtuneError
+from ..errors import PrivtuneError
+from .common import Progress, run
 
 
 def audit(
@@ -23,7 +23,8 @@ def audit(
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ):
     """Membership-inference attacks (and the canary audit) on a run; writes RUN_DIR/audit.json."""
-    from .audit import audit_run
+    from ..audit import audit_run
+    from ..run.rundir import RunDir
 
     def go():
         names = [a.strip() for a in attacks.split(",") if a.strip()]
@@ -32,9 +33,9 @@ def audit(
         if limit is not None and limit < 0:
             raise PrivtuneError(f"--limit: must be >= 0, got {limit}")
         return audit_run(run_dir, attacks=names, limit=limit or None, n_boot=bootstrap, seed=seed,
-                         secret_seed=secret_seed, callback=_Progress("audit", quiet))
+                         secret_seed=secret_seed, callback=Progress("audit", quiet))
 
-    res = _run(go)
+    res = run(go)
     bound = res["mia_posterior_bound"]
     shown = "none" if bound is None else f"{bound:.4f}"
     if bound is not None and not res["bound_applies"]:
@@ -55,7 +56,7 @@ def audit(
         typer.echo(f"canaries: {c['canaries']} ({c['included']} members), ε lower bound "
                    f"{c['epsilon_lower_bound']:.4f} at {c['confidence']:.1%} confidence (δ={c['delta']:g}, "
                    f"best attack {c['best_attack']})" + ("" if c["valid"] else f" — {c['note']}"))
-    typer.echo(f"wrote {Path(run_dir) / 'audit.json'}")
+    typer.echo(f"wrote {RunDir(run_dir).audit}")
     if res["violation"]:
         for v in res["violations"]:
             typer.echo(f"VIOLATION: {v}", err=True)
@@ -69,9 +70,9 @@ def report(
     out: Path = typer.Option(..., "--out", help="output folder for report.html and the PNGs"),
 ):
     """Privacy–utility frontier report: report.html (plots embedded) + PNGs, one frontier per task and model."""
-    from .report import write_report
+    from ..report import write_report
 
-    path = _run(lambda: write_report(run_dirs, out))
+    path = run(lambda: write_report(run_dirs, out))
     typer.echo(json.dumps({"report": str(path)}))
 
 

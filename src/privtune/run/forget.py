@@ -1,6 +1,6 @@
 """Forgetting a run's secrets: `privtune forget RUN` and `privtune forget --stale DAYS`.
 
-A run's secret key, its key record and its private resume state (privtune.secrets) exist only so that the run can
+A run's secret key, its key record and its private resume state (run.keystore) exist only so that the run can
 resume. A run that finishes deletes them itself, and so does one that ends by spending its privacy budget; one that
 diverged or was abandoned would keep them for good. Forgetting makes J, the DP noise and the Poisson draws
 unrecoverable by anyone, and the run un-resumable.
@@ -14,9 +14,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import rundir as R
-from . import secrets as S
-from .errors import PrivtuneError
+from ..errors import PrivtuneError
+from . import keystore as S
+from .rundir import PRIVACY, RunDir
 
 DAY_S = 86400.0
 # A run's key is created before its run directory (method setup and DP calibration come in between, up to minutes):
@@ -34,10 +34,7 @@ class Forgotten:
 
 def run_id_of(run: Path) -> str:
     """The run id recorded in RUN/privacy.json; a one-line error when RUN is not a run directory."""
-    run = Path(run)
-    path = run / R.PRIVACY
-    if not run.is_dir() or not path.is_file():
-        raise PrivtuneError(f"{run}: not a privtune run directory (no {R.PRIVACY})")
+    path = RunDir.open(run, need=PRIVACY).privacy
     try:
         run_id = json.loads(path.read_text(encoding="utf-8")).get("run_id")
     except (OSError, ValueError, AttributeError) as e:
@@ -50,12 +47,6 @@ def run_id_of(run: Path) -> str:
 def forget_run(run: Path) -> list[Path]:
     """Delete RUN's secret key, key record and private state; returns the deleted files (empty: nothing was there)."""
     return S.forget(run_id_of(run))
-
-
-def _last_active(run: Path) -> float:
-    """When the run last did something: every step rewrites privacy.json, every checkpoint state/state.json."""
-    times = [p.stat().st_mtime for p in (run / R.PRIVACY, run / R.STATE_DIR / "state.json") if p.exists()]
-    return max(times, default=run.stat().st_mtime)
 
 
 def _why_stale(name: str, days: float, now: float) -> tuple[Path | None, str] | None:
@@ -72,15 +63,15 @@ def _why_stale(name: str, days: float, now: float) -> tuple[Path | None, str] | 
         same = S.stem(run_id_of(run)) == name
     except PrivtuneError:
         same = False
-        if (run / R.PRIVACY).is_file():  # there but unreadable: do not delete a live run's key on a read error
+        if RunDir(run).privacy.is_file():  # there but unreadable: do not delete a live run's key on a read error
             return None
     if not same:
         if now - rec["created"] < SETUP_GRACE_S:
             return None
         return run, "run directory gone"
-    if (run / R.EVAL).exists():  # finished: it needs no secret to complete (a crash during its wrap-up left these)
+    if RunDir(run).eval.exists():  # finished: it needs no secret to complete (a crash during its wrap-up left these)
         return run, "run finished"
-    idle = now - _last_active(run)
+    idle = now - RunDir(run).last_active()
     return (run, f"run inactive for {idle / DAY_S:.1f} days") if idle > days * DAY_S else None
 
 

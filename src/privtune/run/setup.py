@@ -1,0 +1,126 @@
+"""Setting a run up from its config: task, model and trainable set, z engine, training pool, eval set, canaries.
+
+Everything that can fail on user input happens in `prepare`, before anything is written to disk. Training, eval,
+replay and the audit all start here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from .. import tblog
+from ..data import CANARY_TEMPLATE, Task, balanced_pool, load_task, make_canaries, render
+from ..errors import ConfigError
+from ..models import LoadedModel, load_model, resolve_device
+from ..trainable import LoraSpec, Selection, select, trainable_state
+from ..zo import kernels as Z
+from ..zo.engine import ZOEngine
+from ..zo.forward import Encoded
+
+Callback = Callable[[dict], None]
+
+
+@dataclass
+class Setup:
+    cfg: object
+    task: Task
+    lm: LoadedModel
+    sel: Selection
+    engine: ZOEngine
+    verbalizer_ids: list[int]
+    pool: Encoded | None = None
+    pool_index: list[int] = field(default_factory=list)
+    evalset: Encoded | None = None
+    canaries: dict | None = None  # audit mode (task.canaries): texts, labels, inclusion → run dir canaries.json
+
+
+def build_task(cfg) -> Task:
+    t = cfg.task
+    return load_task(t.name, train_path=t.train_path, eval_path=t.eval_path, text_column=t.text_column,
+                     label_column=t.label_column, label_names=t.label_names, template=t.template,
+                     verbalizer=t.verbalizer, eval_limit=t.eval_limit)
+
+
+def build_model(cfg) -> tuple[LoadedModel, Selection]:
+    lm = load_model(cfg.model.name, seed=cfg.model.seed, dtype=cfg.model.dtype, device=cfg.model.device)
+    lo = cfg.trainable.lora
+    sel = select(lm.model, cfg.trainable.kind, LoraSpec(lo.r, lo.alpha, list(lo.target_modules), lo.layers),
+                 seed=cfg.train.seed)
+    return lm, sel
+
+
+def encode_examples(setup: Setup, examples) -> Encoded:
+    ids = [setup.lm.codec.encode(render(setup.task.template, ex.text)) for ex in examples]
+    m = setup.cfg.model
+    key = None if m.name == "tiny" else f"{m.name}|{m.dtype}"  # the tiny model builds its cache in milliseconds
+    if key is not None and Path(m.name).is_dir():  # a local folder: its files' sizes and times identify the weights
+        key += "|" + ";".join(f"{f.name}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in sorted(Path(m.name).iterdir()))
+    return setup.engine.forward.encode(ids, [ex.label for ex in examples], disk_key=key)
+
+
+def prepare(cfg, *, need_pool: bool = True, need_eval: bool = True, callback: Callback | None = None,
+            z_kernel: str | None = None, z_recorded_in: Path | None = None) -> Setup:
+    """Everything that can fail on user input happens here, before anything is written to disk.
+    `z_kernel`: the z backend a run recorded (resume, replay; read from `z_recorded_in`) instead of train.z_kernel."""
+    device = resolve_device(cfg.model.device)
+    zk = Z.resolve(cfg.train.z_kernel if z_kernel is None else z_kernel, device,
+                   recorded_in=None if z_recorded_in is None else str(z_recorded_in))
+    task = build_task(cfg)
+    if cfg.train.tensorboard and need_pool:  # only training writes the mirror; eval and replay of a run do not
+        tblog.require()
+    lm, sel = build_model(cfg)
+    verb = lm.codec.verbalizer_ids(task.verbalizer)
+    n_labels = max(ex.label for ex in task.train + task.eval) + 1
+    if n_labels > len(verb):
+        raise ConfigError(f"task.verbalizer: {len(verb)} entries but the data has {n_labels} labels")
+    engine = ZOEngine(sel, verb, device=device, micro_batch=cfg.train.micro_batch, use_cache=cfg.train.prefix_cache,
+                      z_kernel=zk)
+    setup = Setup(cfg, task, lm, sel, engine, verb)
+    if need_pool:
+        setup.pool_index = balanced_pool(task.train, cfg.task.pool_size, cfg.train.seed, task.label_names)
+        if cfg.task.canaries:
+            setup.canaries = add_canaries(task, setup.pool_index, cfg.task.canaries, cfg.train.seed)
+        bs = getattr(cfg.method, "batch_size", None)
+        if bs is not None and bs > len(setup.pool_index):
+            raise ConfigError(f"method.batch_size: {bs} is larger than task.pool_size {len(setup.pool_index)}")
+        emit(callback, {"event": "status", "message": f"encoding {len(setup.pool_index)} training examples"})
+        setup.pool = encode_examples(setup, [task.train[i] for i in setup.pool_index])
+    if need_eval:
+        emit(callback, {"event": "status", "message": f"encoding {len(task.eval)} eval examples"})
+        setup.evalset = encode_examples(setup, task.eval)
+    return setup
+
+
+def add_canaries(task: Task, pool_index: list[int], n: int, seed: int) -> dict:
+    """Audit mode: append n canaries to task.train and the included ones to the pool (in place)."""
+    canaries, included = make_canaries(n, task.n_labels, seed)
+    start = len(task.train)
+    task.train.extend(canaries)
+    pool_index.extend(start + j for j, inc in enumerate(included) if inc)
+    return {"template": CANARY_TEMPLATE, "seed": seed, "texts": [c.text for c in canaries],
+            "labels": [c.label for c in canaries], "included": included}
+
+
+def engine_record(setup: Setup) -> dict:
+    """engine.json of a new run: the resolved z backend (and triton's version, whose tl.randn defines z)."""
+    zk = setup.engine.z_kernel
+    return {"z_kernel": zk, "triton": Z.triton_version() if zk == "triton" else None}
+
+
+def model_manifest(setup: Setup) -> dict:
+    """model/manifest.json: what the saved trainable weights belong to."""
+    cfg = setup.cfg
+    return {"base_model": cfg.model.name, "trainable": cfg.trainable.model_dump(mode="json"),
+            "dtype": cfg.model.dtype, "parameters": sum(p.numel() for _, p in setup.sel.params)}
+
+
+def save_model(run, setup: Setup) -> None:
+    """The run dir's model/: the trainable weights as they are now, and their manifest."""
+    run.save_model(trainable_state(setup.sel), model_manifest(setup))
+
+
+def emit(callback: Callback | None, event: dict) -> None:
+    if callback is not None:
+        callback(event)
