@@ -78,11 +78,11 @@ def train(
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ):
     """Train: privtune train --config FILE [key.sub=value ...]"""
-    from . import config as C
+    from .methods import load_config
     from .train import train as run_train
 
     def go():
-        cfg = C.load(config, ctx.args)
+        cfg = load_config(config, ctx.args)
         return run_train(cfg, resume=resume, callback=_Progress(cfg.method.name, quiet))
 
     result = _run(go)

@@ -7,6 +7,7 @@ from pathlib import Path
 from . import config as C
 from . import rundir as R
 from .errors import ConfigError, PrivtuneError
+from .methods import build_config
 from .trainable import load_trainable_state
 from .zo.sums import accuracy
 
@@ -39,14 +40,14 @@ def evaluate_run(run_dir: str | Path, split: str = "dev", limit: int | None = No
     data = C.load_yaml(run / R.CONFIG)
     if limit is not None:
         data.setdefault("task", {})["eval_limit"] = limit  # default: the run's own eval set
-    result = {"run_dir": str(run), **_score(C.build(data), split, weights)}
+    result = {"run_dir": str(run), **_score(build_config(data), split, weights)}
     R.atomic_write_json(run / f"eval_{split}.json", result)
     return result
 
 
 def evaluate_base(model: str, task: str, split: str = "dev", limit: int | None = None, template: str | None = None,
                   verbalizer: list[str] | None = None, device: str = "auto") -> dict:
-    cfg = C.build({"model": {"name": model, "device": device},
-                   "task": {"name": task, "template": template, "verbalizer": verbalizer, "eval_limit": limit},
-                   "trainable": {"kind": "norms"}, "train": {"prefix_cache": False}})
+    cfg = build_config({"model": {"name": model, "device": device},
+                        "task": {"name": task, "template": template, "verbalizer": verbalizer, "eval_limit": limit},
+                        "trainable": {"kind": "norms"}, "train": {"prefix_cache": False}})
     return _score(cfg, split)

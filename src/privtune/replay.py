@@ -10,7 +10,7 @@ import torch
 from . import config as C
 from . import rundir as R
 from .errors import PrivtuneError
-from .methods import method_class
+from .methods import build_config, method_class
 from .trainable import trainable_state
 
 
@@ -20,7 +20,7 @@ def replay(run_dir: str | Path, callback: Callable[[dict], None] | None = None) 
     run = Path(run_dir)
     if not (run / R.CONFIG).is_file():
         raise PrivtuneError(f"{run}: not a privtune run directory (no {R.CONFIG})")
-    cfg = C.build(C.load_yaml(run / R.CONFIG))
+    cfg = build_config(C.load_yaml(run / R.CONFIG))
     setup = prepare(cfg, need_pool=False, need_eval=False, z_kernel=recorded_z_kernel(run),
                     z_recorded_in=run / R.ENGINE)  # the run's z backend (zo.kernels), not the config's
     lines = R.read_jsonl(run / R.TRANSCRIPT)

@@ -30,7 +30,7 @@ from . import tblog
 from .data import CANARY_TEMPLATE, Task, balanced_pool, load_task, make_canaries, render
 from .errors import BudgetError, ConfigError, PrivtuneError, TrainingDiverged
 from .ledger import Ledger
-from .methods import Method, method_class
+from .methods import Method, build_config, method_class
 from .models import LoadedModel, load_model, resolve_device
 from .trainable import LoraSpec, Selection, load_trainable_state, select, trainable_state
 from .zo import kernels as Z
@@ -57,17 +57,6 @@ class Setup:
     pool_index: list[int] = field(default_factory=list)
     evalset: Encoded | None = None
     canaries: dict | None = None  # audit mode (task.canaries): texts, labels, inclusion → run dir canaries.json
-
-
-def lr_at(cfg_method, t: int, steps: int) -> float:
-    """Learning rate at step t: constant, linear or polynomial decay to 0 at `steps`."""
-    lr = cfg_method.lr
-    frac = 1.0 - t / steps
-    if cfg_method.lr_schedule == "linear":
-        return lr * frac
-    if cfg_method.lr_schedule == "polynomial":
-        return lr * frac ** cfg_method.lr_power
-    return lr
 
 
 def build_task(cfg) -> Task:
@@ -116,9 +105,6 @@ def prepare(cfg, *, need_pool: bool = True, need_eval: bool = True, callback: Ca
         setup.pool_index = balanced_pool(task.train, cfg.task.pool_size, cfg.train.seed, task.label_names)
         if cfg.task.canaries:
             setup.canaries = add_canaries(task, setup.pool_index, cfg.task.canaries, cfg.train.seed)
-        bs = getattr(cfg.method, "batch_size", None)
-        if bs is not None and bs > len(setup.pool_index):
-            raise ConfigError(f"method.batch_size: {bs} is larger than task.pool_size {len(setup.pool_index)}")
         _emit(callback, {"event": "status", "message": f"encoding {len(setup.pool_index)} training examples"})
         setup.pool = encode_examples(setup, [task.train[i] for i in setup.pool_index])
     if need_eval:
@@ -304,7 +290,7 @@ def _train(cfg, *, resume: bool, callback: Callback | None, stop_after: int | No
         return (C.load_yaml(out / R.CONFIG), recorded_z_kernel(out)) if resume else (None, None)
     saved, zk = dist.from_main(resolve)
     if saved is not None:
-        cfg = C.build(saved)
+        cfg = build_config(saved)
     setup = prepare(cfg, callback=callback, z_kernel=zk, z_recorded_in=out / R.ENGINE if resume else None)
     cls = method_class(cfg.method.name)
     steps = cfg.train.steps
@@ -410,7 +396,7 @@ def _train(cfg, *, resume: bool, callback: Callback | None, stop_after: int | No
                 _save_private(run_id, t, method, out)
                 save_checkpoint(out, setup, t)  # θ is still the last good state
             raise
-        lr = lr_at(cfg.method, t, steps)
+        lr = method.lr_at(t)
         line = {"step": t, "lr": lr, "updates": [[int(s), float(c)] for s, c in rel.updates], **rel.public}
 
         def record():  # rank 0: charge, then transcript; every rank waits for it before θ moves
@@ -418,12 +404,12 @@ def _train(cfg, *, resume: bool, callback: Callback | None, stop_after: int | No
                 if _released(done[t]) != _released(line):
                     raise PrivtuneError(f"{out / R.TRANSCRIPT}: the release recomputed at step {t} differs from the "
                                         "recorded one (non-deterministic device?); refusing to continue")
-            ledger.charge(t, rel.charge, summary=method.summary, **rel.counters)  # before the release is applied
+            ledger.charge(t, method.spending(), summary=method.summary, **rel.counters)  # before it is applied
             if t not in done:
                 R.append_jsonl(out / R.TRANSCRIPT, line)
         dist.from_main(record)
         comm += dist.stats["bytes"] - sent
-        method.apply(rel, lr, cfg.method.weight_decay)
+        method.apply(rel, lr)
         ran += 1
         if (t + 1) % cfg.train.log_every == 0 or t + 1 == steps:
             timing = {"elapsed_s": round(time.time() - t0, 3)} if per_step_costs else {}
