@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from privtune import atomic as A
-from privtune import config as C
+from privtune import methods as M
 from privtune.data import balanced_pool
 from privtune.run import replay as RP
 from privtune.run import rundir as R
@@ -79,7 +79,7 @@ def main() -> None:
     result = {"config": str(CONFIG.relative_to(REPO)), "seed": args.seed, "runs": []}
 
     # the attack's data: members from the scoring pool, non-members from the rest of SST-2 train (same distribution)
-    cfg0 = C.load(CONFIG, ["out_dir=/tmp/unused", f"train.seed={args.seed}"])
+    cfg0 = M.load_config(CONFIG, ["out_dir=/tmp/unused", f"train.seed={args.seed}"])
     setup = prepare(cfg0)
     base_state = trainable_state(setup.sel)
     pool_set = set(setup.pool_index)
@@ -96,7 +96,7 @@ def main() -> None:
         for opt in args.optimizers:
             for b in args.budgets:
                 out = Path(tmp) / f"{opt}-{b}"
-                cfg = C.load(CONFIG, [f"out_dir={out}", f"method.optimizer={opt}", f"train.steps={b}",
+                cfg = M.load_config(CONFIG, [f"out_dir={out}", f"method.optimizer={opt}", f"train.steps={b}",
                                       f"train.seed={args.seed}", f"train.log_every={b}", f"train.checkpoint_every={b}"])
                 t0 = time.time()
                 ev = train(cfg)

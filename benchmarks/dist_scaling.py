@@ -29,13 +29,13 @@ def worker(args) -> None:
     import torch
 
     torch.set_num_threads(args.threads)
-    from privtune import config as C
+    from privtune import methods as M
     from privtune import dist
     from privtune.methods.paczero import PACZero
     from privtune.run.keystore import SecretKey
     from privtune.run.setup import prepare
 
-    cfg = C.build({"model": {"name": args.model, "device": "cpu"}, "task": {"name": "sst2", "pool_size": args.n},
+    cfg = M.build_config({"model": {"name": args.model, "device": "cpu"}, "task": {"name": "sst2", "pool_size": args.n},
                    "trainable": {"kind": args.kind}, "train": {"micro_batch": args.micro_batch},
                    "method": {"name": "paczero", "mode": args.mode, "subsets": args.m, "budget": 0.33}})
     with dist.session("cpu"):

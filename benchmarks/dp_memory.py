@@ -34,7 +34,7 @@ def rss_mb() -> float:
 def child(args) -> dict:
     import torch
 
-    from privtune import config as C
+    from privtune import methods as M
     from privtune.methods import method_class
     from privtune.run.keystore import SecretKey
     from privtune.run.setup import prepare
@@ -46,7 +46,7 @@ def child(args) -> dict:
     method = {"name": args.method, "batch_size": args.batch, "lr": 1e-4}
     if args.method != "mezo":
         method.update(noise_multiplier=1.0, clip=1.0, sampling="fixed")
-    cfg = C.build({"model": {"name": args.model, "device": "cpu"},
+    cfg = M.build_config({"model": {"name": args.model, "device": "cpu"},
                    "task": {"name": "sst2", "pool_size": max(args.batch, 64), "eval_limit": 1},
                    "trainable": {"kind": "lora", "lora": lora}, "method": method,
                    "train": {"steps": args.steps, "micro_batch": args.batch, "prefix_cache": bool(args.lora_layers)},

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from privtune import config as C
+from privtune import methods as M
 from privtune.methods.mezo import Mezo
 from privtune.methods.paczero import PACZero, subset_means
 from privtune.run.keystore import SecretKey
@@ -51,11 +51,11 @@ def main():
     torch.set_num_threads(2)
     base = {"model": {"name": args.model, "device": "cpu"}, "task": {"name": "sst2", "pool_size": args.n},
             "trainable": {"kind": args.kind}, "train": {"micro_batch": 64}}
-    pcfg = C.build({**base, "method": {"name": "paczero", "mode": args.mode, "subsets": args.m, "budget": 0.33}})
+    pcfg = M.build_config({**base, "method": {"name": "paczero", "mode": args.mode, "subsets": args.m, "budget": 0.33}})
     setup = prepare(pcfg, need_eval=False)
     steps = 1000
     pac = PACZero(pcfg.method, setup.engine, setup.pool, 0, steps, secret=SecretKey(1))
-    mcfg = C.build({**base, "method": {"name": "mezo", "batch_size": args.n}}).method
+    mcfg = M.build_config({**base, "method": {"name": "mezo", "batch_size": args.n}}).method
     mezo = Mezo(mcfg, setup.engine, setup.pool, 0, steps)
     lr = 0.0  # same work, weights unchanged, so every repeat measures the same state
 

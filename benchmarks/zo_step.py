@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from privtune import config as C
+from privtune import methods as M
 from privtune.run.setup import encode_examples, prepare
 from privtune.zo import kernels as Z
 from privtune.zo.engine import ZOEngine
@@ -80,7 +80,7 @@ def timed(fn) -> float:
 
 
 def bench_kind(model: str, kind: str, batch: int, repeats: int, cache: bool = True, z_kernel: str = "auto") -> dict:
-    cfg = C.build({"model": {"name": model, "device": str(DEVICE)},
+    cfg = M.build_config({"model": {"name": model, "device": str(DEVICE)},
                    "task": {"name": "sst2", "eval_limit": batch},
                    "trainable": {"kind": kind},
                    "train": {"micro_batch": batch, "prefix_cache": cache, "z_kernel": z_kernel}})

@@ -2,6 +2,7 @@ import pytest
 import torch
 
 from privtune import config as C
+from privtune import methods as M
 from privtune.run.loop import StopRequested
 
 
@@ -23,7 +24,7 @@ def tiny_cfg(tmp_path, **over) -> dict:
 @pytest.fixture
 def make_cfg(tmp_path):
     def make(**over):
-        return C.build(tiny_cfg(tmp_path, **over))
+        return M.build_config(tiny_cfg(tmp_path, **over))
     return make
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from privtune import config as C
+from privtune import methods as M
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((REPO / "configs").rglob("*.yaml"))
@@ -23,7 +23,7 @@ def test_configs_exist():
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: str(p.relative_to(REPO / "configs")))
 def test_config_validates(path):
-    cfg = C.load(path)
+    cfg = M.load_config(path)
     assert cfg.method.name and cfg.out_dir
 
 

@@ -15,7 +15,7 @@ import torch
 import yaml
 
 from privtune import atomic as A
-from privtune import config as C
+from privtune import methods as M
 from privtune import dist
 from privtune.run import rundir as R
 from privtune.run.loop import train
@@ -30,7 +30,7 @@ WORKER = """
 import json, os, signal, sys
 import torch
 torch.set_num_threads(1)
-from privtune import config as C, dist
+from privtune import dist, methods as M
 from privtune.errors import PrivtuneError
 from privtune.methods import method_class
 from privtune.run.loop import train
@@ -38,7 +38,7 @@ jobs = json.loads(sys.argv[1])
 try:
     with dist.session("cpu"):
         for job in jobs:
-            cfg = C.build(job["cfg"])
+            cfg = M.build_config(job["cfg"])
             die = job.get("die_at")
             if die is not None and dist.rank() == 1:
                 cls = method_class(cfg.method.name)
@@ -150,7 +150,7 @@ def one_proc(work):
     """The 1-process runs every multi-process run is compared with."""
     with one_process_env(work):
         for m in METHODS:
-            train(C.build(method_cfg(work, m, "p1")))
+            train(M.build_config(method_cfg(work, m, "p1")))
     return work
 
 
@@ -207,7 +207,7 @@ def test_killed_rank_fails_cleanly_and_resumes(one_proc, two_ranks):
     assert not (run / R.MODEL_DIR).exists()
     # resume with one process (a different P): the uninterrupted 1-process run's weights and ledger, bit for bit
     with one_process_env(one_proc):
-        train(C.build(method_cfg(one_proc, "mi", "killed")), resume=True)
+        train(M.build_config(method_cfg(one_proc, "mi", "killed")), resume=True)
     assert same_weights(one_proc / "mi-p1", run)
     a, b = ledger(one_proc / "mi-p1"), ledger(run)
     assert a["spent"] == b["spent"] and a["directions"] == b["directions"] == 8

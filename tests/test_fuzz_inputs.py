@@ -62,7 +62,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from privtune import config as C
+from privtune import config as C, methods as M
 from privtune.data import Example, load_examples, load_task
 from privtune.errors import ConfigError, DataError, PrivtuneError
 from privtune.run.loop import train
@@ -152,11 +152,11 @@ def assert_names_field(msg: str, heads: set[str], extra_ok: tuple[str, ...] = ()
 def test_config_overrides_fuzz(items, with_method):
     over = (["method.name=paczero"] if with_method else []) + [f"{k}={v}" for k, v in items]
     try:
-        cfg = C.load(REPO / "configs" / "tiny_mezo.yaml", over)
+        cfg = M.load_config(REPO / "configs" / "tiny_mezo.yaml", over)
     except ConfigError as e:
         assert_names_field(str(e), allowed_heads([k for k, _ in items] + ["method.name"]))
         return
-    C.build(yaml.safe_load(C.dump(cfg)))  # what is accepted round-trips through config.yaml
+    M.build_config(yaml.safe_load(C.dump(cfg)))  # what is accepted round-trips through config.yaml
 
 
 SCALARS = st.one_of(st.none(), st.booleans(), st.integers(-10**12, 10**12), st.floats(), st.text(max_size=10))
@@ -214,13 +214,13 @@ def test_config_file_fuzz(tmp_path, raw):
     path = tmp_path / "fuzz.yaml"
     path.write_bytes(raw)
     try:
-        C.load(path)
+        M.load_config(path)
     except ConfigError as e:
         msg = one_line(str(e))
         if head(msg) == "config":
             assert str(path) in msg, msg  # a file-level problem names the file
         else:  # a field problem names the field: a dotted path of keys the document has (or schema fields)
-            known = keys_of(raw) | set(C.run_model().model_fields) | set(FIELDS) | {"lora"}
+            known = keys_of(raw) | set(M.run_model().model_fields) | set(FIELDS) | {"lora"}
             assert any(head(msg) == k or head(msg).startswith(k + ".") for k in known), msg
 
 
@@ -358,7 +358,7 @@ CONFIG_CASES = {  # name: (overrides, expected head)
 def test_config_kinds(name):
     over, field = CONFIG_CASES[name]
     with pytest.raises(ConfigError) as e:
-        C.load(REPO / "configs" / "tiny_mezo.yaml", over)
+        M.load_config(REPO / "configs" / "tiny_mezo.yaml", over)
     assert head(one_line(str(e.value))) == field, str(e.value)
 
 
@@ -379,14 +379,14 @@ def test_config_file_kinds(tmp_path, name):
     path = tmp_path / "c.yaml"
     path.write_bytes(YAML_CASES[name])
     with pytest.raises(ConfigError) as e:
-        C.load(path)
+        M.load_config(path)
     msg = one_line(str(e.value))
     assert (head(msg) == "config" and str(path) in msg) or head(msg) in ("model", "method", "task"), msg
 
 
 def test_missing_config_file(tmp_path):
     with pytest.raises(ConfigError, match="nope.yaml"):
-        C.load(tmp_path / "nope.yaml")
+        M.load_config(tmp_path / "nope.yaml")
 
 
 PREPARE_CASES = {  # name: (config overrides on tiny_custom, expected head); need the model/data step
@@ -424,14 +424,14 @@ def test_prepare_kinds(tmp_path, name):
     if field == "model.device" and torch.cuda.is_available():
         pytest.skip("CUDA is available here")
     with pytest.raises(PrivtuneError) as e:
-        prepare(C.build(tiny_custom(tmp_path, **over)))
+        prepare(M.build_config(tiny_custom(tmp_path, **over)))
     assert head(one_line(str(e.value))) == field, str(e.value)
     assert not (tmp_path / "out").exists()
 
 
 def test_absurd_sizes_that_are_accepted_run(tmp_path, stop_after):
     """steps 10**12, eval_limit and micro_batch 10**9, lr 1e-320: accepted; one step runs and stops cleanly."""
-    cfg = C.build(tiny_custom(tmp_path, **{"train.steps": 10**12, "task.eval_limit": 10**9,
+    cfg = M.build_config(tiny_custom(tmp_path, **{"train.steps": 10**12, "task.eval_limit": 10**9,
                                            "train.micro_batch": 10**9, "method.lr": 1e-320}))
     assert train(cfg, callback=stop_after(1)) == {"stopped_at": 1}
     led = json.loads((tmp_path / "out" / "privacy.json").read_text())
@@ -443,14 +443,14 @@ def test_existing_out_dir_is_refused_and_untouched(tmp_path):
     out.mkdir()
     (out / "keep.txt").write_text("mine")
     with pytest.raises(ConfigError) as e:
-        train(C.build(tiny_custom(tmp_path)))
+        train(M.build_config(tiny_custom(tmp_path)))
     assert head(one_line(str(e.value))) == "out_dir"
     assert sorted(p.name for p in out.iterdir()) == ["keep.txt"]
     assert not list(tmp_path.glob(".out-*"))
 
 
 def test_huge_lora_alpha_stops_on_nan_with_a_one_line_error(tmp_path):
-    cfg = C.build(tiny_custom(tmp_path, **{"trainable.kind": "lora", "trainable.lora.alpha": 1e308}))
+    cfg = M.build_config(tiny_custom(tmp_path, **{"trainable.kind": "lora", "trainable.lora.alpha": 1e308}))
     with pytest.raises(PrivtuneError) as e:
         train(cfg)
     assert head(one_line(str(e.value))) == "training"
@@ -602,7 +602,7 @@ def raises_named(exc, field: str):
 @pytest.mark.parametrize("doc, field", [({"model": {"mezo": 1}}, "model.mezo"), ({"dpzero": 1}, "dpzero")])
 def test_unknown_key_named_like_a_method(doc, field):
     with pytest.raises(ConfigError) as e:
-        C.build(doc)
+        M.build_config(doc)
     assert head(str(e.value)) == field, str(e.value)
 
 
@@ -610,7 +610,7 @@ def test_deeply_nested_yaml(tmp_path):  # PyYAML's composer recursed per nesting
     path = tmp_path / "deep.yaml"
     path.write_text("model: " + "[" * 5000 + "]" * 5000 + "\n")
     with raises_named(ConfigError, "config") as e:
-        C.load(path)
+        M.load_config(path)
     assert str(path) in str(e.value)
 
 
@@ -619,19 +619,19 @@ def test_unreadable_yaml_value(tmp_path, text):  # ints over 4300 digits, imposs
     path = tmp_path / "big.yaml"
     path.write_text(text)
     with raises_named(ConfigError, "config") as e:
-        C.load(path)
+        M.load_config(path)
     assert str(path) in str(e.value) and "9" * 50 not in str(e.value)
 
 
 @pytest.mark.parametrize("value", ["9" * 5000, "2020-13-45"])
 def test_unreadable_override_value(value):  # parse_value let ValueError through
     with raises_named(ConfigError, "train.steps"):
-        C.load(None, ["train.steps=" + value])
+        M.load_config(None, ["train.steps=" + value])
 
 
 def test_deeply_nested_override():  # parse_value let RecursionError through
     with raises_named(ConfigError, "task.label_names"):
-        C.load(None, ["task.label_names=" + "[" * 5000 + "]" * 5000])
+        M.load_config(None, ["task.label_names=" + "[" * 5000 + "]" * 5000])
 
 
 def test_deeply_nested_json_line(tmp_path):  # data._rows_jsonl let RecursionError through
@@ -667,7 +667,7 @@ def test_lone_surrogate_in_json_text(tmp_path):  # the codec raised UnicodeEncod
     assert "line 2" in str(e.value)
     cfg = tiny_custom(tmp_path, **{"task.train_path": str(path), "task.pool_size": 4, "method.batch_size": 2})
     with raises_named(DataError, str(path)):
-        prepare(C.build(cfg))
+        prepare(M.build_config(cfg))
     emoji = tmp_path / "pair.jsonl"  # a valid surrogate pair escape is an ordinary character
     emoji.write_text('{"text": "a \\ud83d\\ude00 film", "label": 1}\n')
     assert load_examples(emoji)[0].text == "a \U0001F600 film"
@@ -676,32 +676,32 @@ def test_lone_surrogate_in_json_text(tmp_path):  # the codec raised UnicodeEncod
 @pytest.mark.parametrize("seed", [2**64, 2**63, -1])
 def test_model_seed_out_of_range(tmp_path, seed):  # torch.manual_seed overflowed at 2**64 (ValueError)
     with raises_named(ConfigError, "model.seed"):
-        C.build(tiny_custom(tmp_path, **{"model.seed": seed}))
+        M.build_config(tiny_custom(tmp_path, **{"model.seed": seed}))
 
 
 def test_largest_model_seed_runs(tmp_path):
-    assert prepare(C.build(tiny_custom(tmp_path, **{"model.seed": 2**63 - 1}))).lm.model is not None
+    assert prepare(M.build_config(tiny_custom(tmp_path, **{"model.seed": 2**63 - 1}))).lm.model is not None
 
 
 @pytest.mark.parametrize("device", ["banana", "mps", "cuda:x", "cpu:0", ""])
 def test_unknown_device(tmp_path, device):  # any string went to torch.device (RuntimeError)
     with raises_named(ConfigError, "model.device"):
-        prepare(C.build(tiny_custom(tmp_path, **{"model.device": device})))
+        prepare(M.build_config(tiny_custom(tmp_path, **{"model.device": device})))
 
 
 @pytest.mark.parametrize("field", ["method.lr", "method.eps", "method.weight_decay"])
 def test_float_overflowing_the_model_dtype(tmp_path, field):  # 1e308 overflowed float32 mid-training
     with raises_named(ConfigError, field):
-        train(C.build(tiny_custom(tmp_path, **{field: 1e308})))
+        train(M.build_config(tiny_custom(tmp_path, **{field: 1e308})))
     assert not (tmp_path / "out").exists()
-    C.build(tiny_custom(tmp_path, **{field: 1e4}))  # the cap itself is accepted
+    M.build_config(tiny_custom(tmp_path, **{field: 1e4}))  # the cap itself is accepted
 
 
 def test_absurd_subsets(tmp_path):  # balanced_design allocated [pool, subsets] floats (MemoryError)
     cfg = tiny_custom(tmp_path, method={"name": "paczero", "subsets": 10**12, "lr": 1e-3, "eps": 1e-2,
                                                 "batch_size": 4})
     with raises_named(ConfigError, "method.subsets"):
-        train(C.build(cfg))
+        train(M.build_config(cfg))
     assert not (tmp_path / "out").exists()
     keys = tmp_path / "cache" / "secrets"
     assert not (keys.exists() and list(keys.iterdir()))  # the key drawn for the run is forgotten
@@ -709,7 +709,7 @@ def test_absurd_subsets(tmp_path):  # balanced_design allocated [pool, subsets] 
 
 def test_absurd_lora_rank(tmp_path):  # peft allocated r x d weights (RuntimeError from the allocator)
     with raises_named(ConfigError, "trainable.lora.r"):
-        prepare(C.build(tiny_custom(tmp_path, **{"trainable.kind": "lora", "trainable.lora.r": 10**12})))
+        prepare(M.build_config(tiny_custom(tmp_path, **{"trainable.kind": "lora", "trainable.lora.r": 10**12})))
 
 
 @pytest.mark.parametrize("over, field", [({"noise_multiplier": 1e-300}, "method.noise_multiplier"),
@@ -717,5 +717,5 @@ def test_absurd_lora_rank(tmp_path):  # peft allocated r x d weights (RuntimeErr
 def test_absurd_dp_noise(tmp_path, over, field):  # OverflowError / MemoryError from dp_accounting
     cfg = tiny_custom(tmp_path, method={"name": "dpzo", "lr": 1e-3, "eps": 1e-3, "batch_size": 4, **over})
     with raises_named(ConfigError, field):
-        train(C.build(cfg))
+        train(M.build_config(cfg))
     assert not (tmp_path / "out").exists()

@@ -23,7 +23,7 @@ import pytest
 import torch
 import yaml
 
-from privtune import config as C
+from privtune import methods as M
 from privtune.run.keystore import SecretKey
 from privtune.run.loop import train
 from privtune.zo import engine as E
@@ -248,7 +248,7 @@ def test_library_run_leaks_nothing(tmp_path, monkeypatch, capfd, caplog, method)
 
     monkeypatch.setattr(E.ZOEngine, "pair_losses", spy)
     tr, ev = write_data(tmp_path / "data")
-    result = train(C.build(config_dict(method, tr, ev, tmp_path / "run")), callback=events.append)
+    result = train(M.build_config(config_dict(method, tr, ev, tmp_path / "run")), callback=events.append)
     out, err = capfd.readouterr()
     logged = caplog.text + "".join(f"{r.getMessage()} {r.args!r}" for r in caplog.records)
     texts = [out, err, logged, json.dumps(events), json.dumps(result)]

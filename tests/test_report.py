@@ -12,7 +12,7 @@ import yaml
 from typer.testing import CliRunner
 
 from privtune import atomic as A
-from privtune import config as C
+from privtune import methods as M
 from privtune.cli import app
 from privtune.errors import PrivtuneError
 from privtune.report import (NOT_PRIVACY, frontier_figure, group_rows, load_run, load_sweep, make_panels,
@@ -32,9 +32,9 @@ def fake_run(path, seed, acc, method=None, privacy=None, task=None, initial=None
     method = method or {"name": "mezo"}
     base = {"task": task or {}, "train": {"seed": seed}, "out_dir": str(path)}
     try:
-        cfg = C.build({**base, "method": method}).model_dump(mode="json")
+        cfg = M.build_config({**base, "method": method}).model_dump(mode="json")
     except PrivtuneError:  # a method this version does not have (fo): its config as written
-        cfg = {**C.build(base).model_dump(mode="json"), "method": method}
+        cfg = {**M.build_config(base).model_dump(mode="json"), "method": method}
     path.mkdir()
     A.atomic_write_text(path / R.CONFIG, yaml.safe_dump(cfg, sort_keys=False))
     ev = {"accuracy": acc, "steps": 10, "wall_time_s": 2.0}

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import torch
 
-from privtune import config as C
+from privtune import methods as M
 from privtune.models import load_model
 from privtune.run.loop import train
 from privtune.run.replay import replay, verify
@@ -22,7 +22,7 @@ def test_smollm2_loads_and_answers_the_prompt():
 
 
 def test_smollm2_two_mezo_steps_and_replay(tmp_path):
-    cfg = C.build({
+    cfg = M.build_config({
         "model": {"name": "smollm2-135m", "device": "cpu"},
         "task": {"name": "sst2", "pool_size": 16, "eval_limit": 16},
         "trainable": {"kind": "top_layers:2"},

@@ -1,12 +1,14 @@
 """Run configuration: a pydantic schema, YAML files and dotted `key=value` overrides.
 
-Every validation problem becomes a one-line `ConfigError` that starts with the dotted field name.
+Schema only: the `method` section is one of the registered methods' configs, which this module does not know; whoever
+builds a run config passes them in (privtune.methods.build_config / load_config pass the registry's). Every
+validation problem becomes a one-line `ConfigError` that starts with the dotted field name.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, ClassVar, Literal, Sequence, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -56,38 +58,23 @@ class TrainableCfg(Strict):
     lora: LoraCfg = LoraCfg()
 
 
-MAX_STEP_SCALE = 1e4  # cap on method.lr, eps, weight_decay: far above any useful value, below float16's max 65504
+class MethodCfg(Strict):
+    """Base of every method's config section; each method declares its own fields (privtune.methods)."""
 
+    name: str
+    # Keys an older schema gave this method although it never used them (e.g. BBoxER's lr): still accepted, so
+    # configs and run dirs written before each method owned its fields keep loading, and dropped.
+    unused: ClassVar[tuple[str, ...]] = ()
 
-class ZOCfg(Strict):
-    """Fields every zeroth-order method shares."""
+    @model_validator(mode="before")
+    @classmethod
+    def _drop_unused(cls, data):
+        if isinstance(data, dict) and cls.unused:
+            data = {k: v for k, v in data.items() if k not in cls.unused}
+        return data
 
-    lr: PosFloat = 1e-6
-    eps: PosFloat = 1e-3
-    weight_decay: NonNegFloat = 0.0
-    batch_size: PosInt = 16
-    directions: PosInt = 1  # K directions per step
-    lr_schedule: Literal["constant", "linear", "polynomial"] = "constant"
-    lr_power: PosFloat = 2.0  # for polynomial decay
-
-    @model_validator(mode="after")
-    def _fits_the_model(self):
-        for key in ("lr", "eps", "weight_decay"):  # scalar factors on θ: each must fit the model's dtype
-            if getattr(self, key) > MAX_STEP_SCALE:
-                raise ValueError(f"method.{key}: {getattr(self, key):g} is above {MAX_STEP_SCALE:g} (it would "
-                                 "overflow the model's floats)")
-        return self
-
-
-class MezoCfg(ZOCfg):
-    name: Literal["mezo"] = "mezo"
-
-
-def _method_union():
-    from .methods import config_classes
-
-    classes = tuple(config_classes())
-    return Annotated[Union[classes], Field(discriminator="name")] if len(classes) > 1 else classes[0]
+    def check_task(self, task: TaskCfg) -> None:
+        """Constraints that tie this method's fields to the task section; raise ValueError naming the field."""
 
 
 class TrainCfg(Strict):
@@ -106,28 +93,35 @@ class RunCfg(Strict):
     model: ModelCfg = ModelCfg()
     task: TaskCfg = TaskCfg()
     trainable: TrainableCfg = TrainableCfg()
-    method: Any = None  # replaced by the discriminated union in build()
+    method: Any = None  # replaced by the discriminated union of the methods' configs in run_model()
     train: TrainCfg = TrainCfg()
     out_dir: str = "runs/run"
 
+    @model_validator(mode="after")
+    def _method_fits_task(self):
+        if isinstance(self.method, MethodCfg):
+            self.method.check_task(self.task)
+        return self
 
-_RUN_MODEL: type[BaseModel] | None = None
+
+_RUN_MODELS: dict[tuple[type[MethodCfg], ...], type[BaseModel]] = {}
 
 
-def run_model() -> type[BaseModel]:
-    """RunCfg with `method` typed as the union of every registered method's config."""
-    global _RUN_MODEL
-    if _RUN_MODEL is None:
+def run_model(methods: Sequence[type[MethodCfg]]) -> type[BaseModel]:
+    """RunCfg with `method` typed as the union of `methods` (the first is the default method)."""
+    key = tuple(methods)
+    if key not in _RUN_MODELS:
         from pydantic import create_model
 
-        _RUN_MODEL = create_model("RunConfig", __base__=RunCfg, method=(_method_union(), MezoCfg()))
-    return _RUN_MODEL
+        union = Annotated[Union[key], Field(discriminator="name")] if len(key) > 1 else key[0]
+        _RUN_MODELS[key] = create_model("RunConfig", __base__=RunCfg, method=(union, key[0]()))
+    return _RUN_MODELS[key]
 
 
-def _fmt(err: ValidationError) -> str:
+def _fmt(err: ValidationError, names: set[str]) -> str:
     e = err.errors()[0]
     parts = list(e["loc"])
-    if len(parts) > 1 and parts[0] == "method" and parts[1] in _method_names():
+    if len(parts) > 1 and parts[0] == "method" and parts[1] in names:
         del parts[1]  # pydantic's discriminated-union tag, not a key the user wrote
     loc = ".".join(str(x) for x in parts)
     msg = e["msg"]
@@ -140,17 +134,10 @@ def _fmt(err: ValidationError) -> str:
     if e["type"] == "extra_forbidden":
         msg = "unknown key"
     elif e["type"] == "union_tag_invalid":
-        names = sorted(_method_names())
-        msg = f"unknown method {e.get('input', {}).get('name') if isinstance(e.get('input'), dict) else ''!r}; known: {names}"
+        msg = f"unknown method {e.get('input', {}).get('name') if isinstance(e.get('input'), dict) else ''!r}; known: {sorted(names)}"
     elif "input" in e and not isinstance(e["input"], (dict, list)):
         msg = f"{msg} (got {e['input']!r})"
     return f"{loc or 'config'}: {msg}"
-
-
-def _method_names() -> set[str]:
-    from .methods import config_classes
-
-    return {cls.model_fields["name"].default for cls in config_classes()}
 
 
 def parse_value(text: str, key: str = "override") -> Any:
@@ -211,16 +198,17 @@ def load_yaml(path: str | Path) -> dict:
     return data
 
 
-def build(data: dict):
+def build(data: dict, methods: Sequence[type[MethodCfg]]):
+    """The run config of `data`, its method section one of `methods` (privtune.methods.build_config passes all)."""
     try:
-        return run_model().model_validate(data)
+        return run_model(methods).model_validate(data)
     except ValidationError as e:
-        raise ConfigError(_fmt(e)) from None
+        raise ConfigError(_fmt(e, {cls.model_fields["name"].default for cls in methods})) from None
 
 
-def load(path: str | Path | None, overrides: list[str] = ()):
+def load(path: str | Path | None, overrides: list[str], methods: Sequence[type[MethodCfg]]):
     data = load_yaml(path) if path else {}
-    return build(apply_overrides(data, list(overrides)))
+    return build(apply_overrides(data, list(overrides)), methods)
 
 
 def dump(cfg) -> str:

@@ -544,14 +544,9 @@ def balanced_pool(examples: Sequence[Example], n: int, seed: int,
 def sample_batch(pool_size: int, batch_size: int, seed: int, step: int) -> list[int]:
     """Positions in the pool (0 ≤ p < pool_size) for training step `step`: batch_size distinct positions drawn by
     numpy.random.default_rng([seed, step]), in draw order. A pure function of its arguments, so a resumed run
-    draws the same batches."""
+    draws the same batches. 1 <= batch_size <= pool_size is the config's to check (methods.base.BatchCfg)."""
     _check_seed(seed, "train.seed")
     _check_seed(step, "step")
-    for field, value in (("task.pool_size", pool_size), ("method.batch_size", batch_size)):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-            raise ConfigError(f"{field}: must be an integer >= 1, got {value!r}")
-    if batch_size > pool_size:
-        raise ConfigError(f"method.batch_size: {batch_size} is larger than the pool ({pool_size} examples)")
     rng = np.random.default_rng([int(seed), int(step)])
     return [int(p) for p in rng.choice(int(pool_size), size=int(batch_size), replace=False)]
 

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from . import config as C
+from . import methods as M
 from .atomic import atomic_write_bytes, atomic_write_json, atomic_write_text
 from .errors import PrivtuneError
 from .privacy.bounds import privacy_views
@@ -34,8 +35,13 @@ from .run.rundir import RunDir
 # a bound on the generalization gap only (BBoxER), whose MI figure is vacuous and must not read as privacy.
 PRIVACY, NO_GUARANTEE, GENERALIZATION = "privacy", "none", "generalization"
 NOT_PRIVACY = "generalization bound, not a privacy guarantee"
-NAMES = {"zero-shot": "zero-shot", "fo": "fo", "mezo": "MeZO", "paczero-zpl": "PACZero-ZPL", "paczero-mi": "PACZero-MI",
-         "dpzero": "DPZero", "dpzo": "DP-ZO", "dpsgd": "DP-SGD", "bboxer": "BBoxER"}
+# Frontier lines that are no method: the untrained model (floor) and a first-order fine-tune (ceiling), sweep rows only.
+BASELINES = ("zero-shot", "fo")
+# Every frontier line (a method's mechanism, as sweep rows name them) → (display name, guarantee), from the registry.
+MECHANISMS = {name: (name, "none") for name in BASELINES}
+for _cls in M.method_classes():
+    MECHANISMS.update(_cls.mechanisms())
+NAMES = {k: display for k, (display, _) in MECHANISMS.items()}
 # Config fields that set a mechanism's privacy level: points whose configs differ only in these lie on one line.
 LEVEL_FIELDS = ("method.epsilon", "method.noise_multiplier", "method.delta", "method.budget")
 # Task fields that change what is trained on, not what eval accuracy measures: runs differing in them share a panel.
@@ -68,15 +74,13 @@ class RunInfo:
         return self.privacy.get("secret_source") == "fixed"
 
     @property
+    def method_class(self) -> type[M.Method]:
+        """Its registered method (the base class for a method this version does not know: generic labels)."""
+        return M.find(self.method) or M.Method
+
+    @property
     def label(self) -> str:
-        m = self.cfg.get("method", {})
-        if m.get("name") == "paczero":
-            tail = "ZPL" if m.get("mode") == "zpl" else f"MI {m.get('budget')} nats"
-            name = f"PACZero-{tail}"
-        elif m.get("epsilon") is not None:
-            name = f"{m['name']} ε={m['epsilon']:g}"
-        else:
-            name = str(m.get("name", "?"))
+        name = self.method_class.label_of(self.cfg.get("method", {}))
         return f"{name} ({AUDIT_MODE})" if self.audit_mode else name
 
     @property
@@ -105,8 +109,8 @@ class RunInfo:
     @property
     def mechanism(self) -> str:
         """The frontier line this run belongs to, named like a sweep row's method (paczero-zpl, dpzero, …)."""
-        m = self.cfg.get("method", {})
-        return f"paczero-{m.get('mode', 'zpl')}" if m.get("name") == "paczero" else str(m.get("name", "?"))
+        cls = M.find(self.method)
+        return cls.mechanism_of(self.cfg.get("method", {})) if cls is not None else str(self.method)
 
     def panel_key(self) -> str:
         """Task (every field that changes the eval: data files, prompt, eval limit) and model: accuracies of runs
@@ -128,9 +132,7 @@ class RunInfo:
     def group_key(self) -> str:
         d = json.loads(json.dumps(self.cfg))
         try:  # fill in defaults, so configs written before a field existed group with newer ones
-            from . import config as C
-
-            d = C.build(d).model_dump(mode="json")
+            d = M.build_config(d).model_dump(mode="json")
         except Exception:  # a config this version cannot build: group on its text as written
             pass
         d.pop("out_dir", None)
@@ -207,13 +209,10 @@ def load_sweep(path: Path) -> Sweep:
 
 def _sweep_kind(method: str, row: dict) -> tuple[str, str]:
     """(privacy kind, guarantee) of a sweep row, from its method (the file has no privacy.json to read)."""
-    if method in ("zero-shot", "fo", "mezo") or (row["epsilon"] is not None and math.isinf(row["epsilon"])):
+    if row["epsilon"] is not None and math.isinf(row["epsilon"]):
         return NO_GUARANTEE, "none"
-    if method == "bboxer":
-        return GENERALIZATION, "generalization bound"
-    if method.startswith("paczero"):
-        return PRIVACY, "pac-zpl" if method.endswith("zpl") else "pac-mi"
-    return PRIVACY, "dp"
+    guarantee = MECHANISMS.get(method, (method, "dp"))[1]  # a line no method draws: read as DP (sweeps are DP's)
+    return privacy_kind(guarantee), guarantee
 
 
 def sweep_points(sweep: Sweep) -> list[dict]:

@@ -1,7 +1,7 @@
 """The config reference, generated from the pydantic schema: every key, its type, default and meaning.
 
 `python -m privtune.schema_doc > docs/config.md` writes the Markdown reference; `render_text(method)` is the plain
-text a `privtune config show [--method M]` can print. Keys, types and defaults come from `config.run_model()` (the
+text a `privtune config show [--method M]` can print. Keys, types and defaults come from `methods.run_model()` (the
 method section from each registered method's Config), so a new field appears here without a docs edit. A meaning is
 the field's `Field(description=...)`, else an entry of MEANINGS below, else the comment on (or just above) the
 field's line in its class's source; tests/test_schema_doc.py fails when a field has none, or when docs/config.md
@@ -70,7 +70,6 @@ MEANINGS = {
     "method.paczero.mode": "zpl (I = 0: release the secret subset's sign only when all M subsets agree, else a "
                            "public coin) or mi (noisy sign within an MI budget)",
     "method.paczero.subsets": "M: number of candidate subsets of the pool, one of them secretly trained on (even)",
-    "method.paczero.batch_size": "unused by PACZero (every step scores the whole pool)",
     "method.paczero.allocation": "how the MI budget is spread over steps (mode mi): adaptive or uniform",
     "method.dpzero.batch_size": "examples per step; with sampling poisson the expected batch size (q = batch_size / "
                                 "pool_size)",
@@ -80,15 +79,6 @@ MEANINGS = {
                                "pool_size)",
     "method.dpzo.mechanism": "noise added to the clipped sum: gaussian or laplace",
     "method.dpsgd.optimizer": "optimizer applied to the privatized gradient: adam or sgd",
-    "method.dpsgd.eps": "unused by DP-SGD (a zeroth-order field)",
-    "method.dpsgd.directions": "unused by DP-SGD (a zeroth-order field; must stay 1)",
-    "method.bboxer.lr": "unused by BBoxER (it moves x by its optimizer, not by lr)",
-    "method.bboxer.eps": "unused by BBoxER (a zeroth-order field)",
-    "method.bboxer.batch_size": "unused by BBoxER (every candidate is scored on the whole pool)",
-    "method.bboxer.directions": "unused by BBoxER (a zeroth-order field)",
-    "method.bboxer.weight_decay": "unused by BBoxER (its update is w = w₀·exp(x), set by the optimizer)",
-    "method.bboxer.lr_schedule": "unused by BBoxER (no learning rate)",
-    "method.bboxer.lr_power": "unused by BBoxER (no learning rate)",
     "method.bboxer.delta": "the reported generalization bound holds with probability ≥ 1 − delta",
     "method.bboxer.optimizer": "nevergrad optimizer searching x",
     "method.bboxer.comparison": "what is released per step: incumbent (one bit: did the candidate beat the "
@@ -125,7 +115,9 @@ class Section:
 
 def sections(method: str | None = None) -> list[Section]:
     """The schema as sections of rows, in the order of the run config; `method` keeps only that method's section."""
-    run = C.run_model()
+    from .methods import run_model  # the registry: importing it registers every method
+
+    run = run_model()
     out, top = [], []
     for name, field in run.model_fields.items():
         if name == "method":
@@ -199,7 +191,10 @@ def _method_note(cls) -> str:
     from .methods import method_class
 
     doc = inspect.getdoc(sys.modules[method_class(_method_name(cls)).__module__]) or ""
-    return " ".join(doc.split("\n\n")[0].split())
+    note = " ".join(doc.split("\n\n")[0].split())
+    if cls.unused:  # keys an older schema gave this method: still accepted, so say that they do nothing
+        note += f" Accepted but unused (older configs may set them): {', '.join(cls.unused)}."
+    return note
 
 
 def _rows(model: type[BaseModel], prefix: str, method: str | None = None) -> list[Row]:

@@ -10,6 +10,7 @@ from typer.testing import CliRunner
 
 from privtune import atomic as A
 from privtune import config as C
+from privtune import methods as M
 from privtune.audit import audit_run
 from privtune.cli import app
 from privtune.errors import ConfigError
@@ -61,9 +62,9 @@ def _threads():
 def runs(tmp_path_factory):
     base = tmp_path_factory.mktemp("audit")
     torch.set_num_threads(1)
-    over = C.build(tiny_cfg(base, **{"trainable.kind": "full", "out_dir": str(base / "overfit")}))
+    over = M.build_config(tiny_cfg(base, **{"trainable.kind": "full", "out_dir": str(base / "overfit")}))
     final_loss = overfit(base / "overfit", over)
-    zpl = C.build(tiny_cfg(base, **{"method": {"name": "paczero", "mode": "zpl", "subsets": 8, "lr": 1e-3,
+    zpl = M.build_config(tiny_cfg(base, **{"method": {"name": "paczero", "mode": "zpl", "subsets": 8, "lr": 1e-3,
                                                "eps": 1e-2},
                                     "task.canaries": 16, "train.steps": 6, "out_dir": str(base / "zpl")}))
     mp = pytest.MonkeyPatch()
@@ -198,7 +199,7 @@ def test_subset_rank_p_value_exact_null_and_leak():
 def test_audit_runs_on_bboxer_and_dpsgd_runs(tmp_path, monkeypatch, method):
     monkeypatch.setenv("PRIVTUNE_CACHE", str(tmp_path / "cache"))
     over = {"method": method, "train.steps": 4, "trainable.kind": "final_norm", "out_dir": str(tmp_path / "run")}
-    train(C.build(tiny_cfg(tmp_path, **over)))
+    train(M.build_config(tiny_cfg(tmp_path, **over)))
     res = audit_run(tmp_path / "run", attacks=("loss", "ref"), **FAST)
     assert res["threat_model"] == "pool-vs-heldout" and set(res["attacks"]) == {"loss", "ref"}
     assert 0.0 <= res["attacks"]["loss"]["auc"] <= 1.0

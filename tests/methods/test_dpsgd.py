@@ -69,7 +69,7 @@ def test_a_step_moves_only_trainable_parameters(make_cfg):
     cfg, setup, m = build(make_cfg, **{"method.epsilon": 2.0, "method.lr": 1e-2})
     before = {n: p.detach().clone() for n, p in setup.sel.model.named_parameters()}
     trainable = {n for n, _ in setup.sel.params}
-    m.apply(m.step(0), cfg.method.lr, 0.0)
+    m.apply(m.step(0), cfg.method.lr)
     after = dict(setup.sel.model.named_parameters())
     frozen = [n for n in before if n not in trainable]
     assert frozen and all(torch.equal(before[n], after[n]) for n in frozen)
@@ -84,7 +84,7 @@ def test_noise_zero_and_no_clipping_is_plain_sgd(make_cfg):
     ref = [p.detach().clone().requires_grad_(True) for p in m.params]
     grads = manual_per_example_grads(setup, m, idx)
     mean = [sum(g[k] for g in grads) / len(idx) for k in range(len(m.params))]
-    m.apply(m.step(0), 0.5, 0.0)
+    m.apply(m.step(0), 0.5)
     for p, r, g in zip(m.params, ref, mean):
         assert torch.allclose(p.detach(), r.detach() - 0.5 * g, atol=1e-6, rtol=1e-5)
     assert m.guarantee == "none"

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from privtune import atomic as A
-from privtune import config as C
+from privtune import methods as M
 from privtune.data import sample_batch
 from privtune.errors import ConfigError
 from privtune.methods.dpzero import DPZero
@@ -37,7 +37,7 @@ class FakeEngine:
 def method_cfg(**kw):
     base = {"name": "dpzero", "noise_multiplier": 0.0, "clip": 1.0, "batch_size": 4, "eps": 1e-3,
             "sampling": "fixed"}
-    return C.build({"method": {**base, **kw}}).method
+    return M.build_config({"method": {**base, **kw}}).method
 
 
 def make(cfg, lp, lm, steps=100, key=1234, seed=7):

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from privtune import atomic as A
-from privtune import config as C
+from privtune import methods as M
 from privtune.data import sample_batch
 from privtune.errors import ConfigError
 from privtune.methods.dpzo import DPZO
@@ -35,7 +35,7 @@ class FakeEngine:
 def method_cfg(**kw):
     base = {"name": "dpzo", "noise_multiplier": 0.0, "clip": 0.01, "batch_size": 4, "eps": 1e-3,
             "sampling": "fixed", "accountant": "rdp"}
-    return C.build({"method": {**base, **kw}}).method
+    return M.build_config({"method": {**base, **kw}}).method
 
 
 def make(cfg, lp, lm, steps=100, key=1234, seed=7):
@@ -108,7 +108,7 @@ def test_laplace_without_an_accountant_rule_names_the_field(accountant, sampling
 
 
 def test_tiny_laplace_run_writes_dp_privacy_json(tmp_path, make_cfg):
-    cfg = C.load(REPO / "configs" / "tiny_dpzo.yaml", [f"out_dir={tmp_path / 'run'}", "train.steps=6",
+    cfg = M.load_config(REPO / "configs" / "tiny_dpzo.yaml", [f"out_dir={tmp_path / 'run'}", "train.steps=6",
                                                        "task.pool_size=32", "task.eval_limit=16",
                                                        "method.batch_size=8"])
     assert cfg.method.mechanism == "laplace"

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from privtune import atomic as A
-from privtune import config as C
+from privtune import methods as M
 from privtune.errors import ConfigError
 from privtune.methods import paczero as P
 from privtune.privacy import pac
@@ -144,11 +144,11 @@ def test_mi_unanimous_step_is_free_and_releases_common_sign():
 
 def test_config_validation():
     with pytest.raises(ConfigError, match="method.subsets"):
-        C.build({"method": {"name": "paczero", "subsets": 7}})
+        M.build_config({"method": {"name": "paczero", "subsets": 7}})
     with pytest.raises(ConfigError, match="method.budget"):
-        C.build({"method": {"name": "paczero", "mode": "mi"}})
+        M.build_config({"method": {"name": "paczero", "mode": "mi"}})
     with pytest.raises(ConfigError, match="method.clip"):
-        C.build({"method": {"name": "paczero", "clip": -1}})
+        M.build_config({"method": {"name": "paczero", "clip": -1}})
 
 
 def _pac_cfg(make_cfg, tmp_path, name, mode="mi", **over):

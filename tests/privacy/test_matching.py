@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from privtune import config as C
+from privtune import methods as M
 from privtune.errors import ConfigError
 from privtune.privacy import bounds as B
 from privtune.privacy import matched_budget, matched_mi
@@ -56,7 +56,7 @@ def test_matched_budget_edges():
 def _mi_configs():
     out = []
     for path in CONFIGS:
-        cfg = C.load(path)
+        cfg = M.load_config(path)
         if cfg.method.name == "paczero" and cfg.method.mode == "mi":
             out.append(path)
     return out
@@ -72,7 +72,7 @@ def test_shipped_mi_budget_is_the_rounded_down_match_it_claims(path):
     claims = CLAIM.findall(text)
     assert len(claims) == 1, f"{path.name}: the budget line must say '# matched: epsilon=E, delta=D'"
     written, eps, delta = (float(v) for v in claims[0])
-    budget = C.load(path).method.budget
+    budget = M.load_config(path).method.budget
     assert budget == written == matched_budget(eps, delta)
     assert B.mi_to_posterior(budget) <= B.eps_to_posterior(eps, delta)  # not in PACZero's favour
 
@@ -88,7 +88,7 @@ def test_benchmark_budgets_are_the_matches():
     spec = importlib.util.spec_from_file_location("privacy_table_sst2", REPO / "benchmarks" / "privacy_table_sst2.py")
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
-    assert bench.DELTA == C.load(REPO / "configs" / "sst2_dpzero.yaml").method.delta
+    assert bench.DELTA == M.load_config(REPO / "configs" / "sst2_dpzero.yaml").method.delta
     for name, eps in [("mi_e2", 2.0), ("mi_e6", 6.0)]:
         path, overrides = bench.METHODS[name]
-        assert C.load(REPO / path, overrides).method.budget == matched_budget(eps, bench.DELTA)
+        assert M.load_config(REPO / path, overrides).method.budget == matched_budget(eps, bench.DELTA)

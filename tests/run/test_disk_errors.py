@@ -28,7 +28,7 @@ import pytest
 import torch
 
 from privtune import atomic as A
-from privtune import config as C
+from privtune import methods as M
 from privtune.errors import PrivtuneError
 from privtune.run import rundir as R
 from privtune.run.loop import train
@@ -85,7 +85,7 @@ def env(tmp_path_factory):
         mp.setenv("PRIVTUNE_CACHE", str(tmp / "cache"))
         torch.set_num_threads(1)
         ref = Path(cfg_dict(tmp, tmp / "ref")["out_dir"])
-        train(C.build(cfg_dict(tmp, ref)))
+        train(M.build_config(cfg_dict(tmp, ref)))
         yield tmp, ref
 
 
@@ -146,7 +146,7 @@ FAILURES = {  # name: (file pattern, nth write of it, errno)
 @pytest.mark.parametrize("name", sorted(FAILURES))
 def test_write_failure_keeps_the_ledger_and_resumes(env, monkeypatch, name):
     tmp, ref = env
-    cfg = C.build(cfg_dict(tmp, tmp / f"run-{name}"))
+    cfg = M.build_config(cfg_dict(tmp, tmp / f"run-{name}"))
     run = Path(cfg.out_dir)
     disk = DiskFull(monkeypatch, run, *FAILURES[name])
     with pytest.raises(PrivtuneError) as e:
@@ -193,7 +193,7 @@ def test_write_failure_keeps_the_ledger_and_resumes(env, monkeypatch, name):
 @pytest.mark.parametrize("name", ["creating_run_dir", "ledger_charge_step_3"])
 def test_disk_full_is_a_one_line_privtune_error(env, monkeypatch, name):
     tmp, _ = env
-    cfg = C.build(cfg_dict(tmp, tmp / f"clear-{name}"))
+    cfg = M.build_config(cfg_dict(tmp, tmp / f"clear-{name}"))
     DiskFull(monkeypatch, Path(cfg.out_dir), *FAILURES[name])
     with pytest.raises(PrivtuneError) as e:
         train(cfg)
@@ -203,7 +203,7 @@ def test_disk_full_is_a_one_line_privtune_error(env, monkeypatch, name):
 
 def test_failed_model_save_leaves_no_temp_dir(env, monkeypatch):
     tmp, _ = env
-    cfg = C.build(cfg_dict(tmp, tmp / "model-tmp"))
+    cfg = M.build_config(cfg_dict(tmp, tmp / "model-tmp"))
     run = Path(cfg.out_dir)
     DiskFull(monkeypatch, run, *FAILURES["final_model"])
     with pytest.raises(PrivtuneError):
@@ -235,7 +235,7 @@ def test_readonly_parent_creates_nothing(tmp_path, monkeypatch):
     parent, _ = readonly_parent(tmp_path, monkeypatch)
     try:
         with pytest.raises(PrivtuneError) as e:
-            train(C.build(cfg_dict(tmp_path, parent / "run")))
+            train(M.build_config(cfg_dict(tmp_path, parent / "run")))
         print(f"read-only parent: {type(e.value).__name__}: {e.value}")
         assert list(parent.iterdir()) == []
         keys = tmp_path / "cache" / "secrets"
@@ -249,7 +249,7 @@ def test_readonly_parent_is_a_one_line_config_error(tmp_path, monkeypatch):
     parent, _ = readonly_parent(tmp_path, monkeypatch)
     try:
         with pytest.raises(PrivtuneError, match="out_dir"):
-            train(C.build(cfg_dict(tmp_path, parent / "run")))
+            train(M.build_config(cfg_dict(tmp_path, parent / "run")))
     finally:
         parent.chmod(0o700)
 

@@ -9,6 +9,7 @@ import torch
 
 from privtune import atomic as A
 from privtune import config as C
+from privtune import methods as M
 from privtune.errors import ConfigError, PrivtuneError, TrainingDiverged
 from privtune.run.loop import train
 from privtune.run.replay import replay, verify
@@ -40,9 +41,9 @@ def test_run_dir_layout_and_contents(make_cfg):
     priv = json.loads((run / "privacy.json").read_text())
     assert priv["guarantee"] == "none" and priv["steps_done"] == 12
     assert priv["secret_source"] is None and "spent" not in priv  # no secret; no nats budget to show as spent
-    assert C.build(C.load_yaml(run / "config.yaml")).model_dump() == cfg.model_dump()
+    assert M.build_config(C.load_yaml(run / "config.yaml")).model_dump() == cfg.model_dump()
     # weights moved away from the base model
-    base = C.build(C.load_yaml(run / "config.yaml"))
+    base = M.build_config(C.load_yaml(run / "config.yaml"))
     from privtune.run.setup import build_model
     _, sel = build_model(base)
     w = weights(run)

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from privtune import atomic as A
-from privtune import config as C
+from privtune import methods as M
 from privtune.run import keystore as S
 from privtune.run import rundir as R
 from privtune.run.ledger import Ledger
@@ -77,7 +77,7 @@ def env(tmp_path_factory):
         mp.setenv("PRIVTUNE_SECRET_SEED", SECRET_SEED)
         mp.setenv("PRIVTUNE_CACHE", str(tmp / "cache"))
         torch.set_num_threads(1)
-        ref = C.build(cfg_dict(tmp, "ref"))
+        ref = M.build_config(cfg_dict(tmp, "ref"))
         train(ref)
         yield tmp, Path(ref.out_dir)
 
@@ -107,7 +107,7 @@ CRASH_POINTS = {
 def test_crash_inside_a_write_then_resume_is_bit_identical(env, monkeypatch, point):
     tmp, ref = env
     suffix, nth = CRASH_POINTS[point]
-    cfg = C.build(cfg_dict(tmp, f"crash-{point}"))
+    cfg = M.build_config(cfg_dict(tmp, f"crash-{point}"))
     run = Path(cfg.out_dir)
     real_replace, calls = os.replace, {"n": 0}
 
@@ -130,7 +130,7 @@ def test_crash_inside_a_write_then_resume_is_bit_identical(env, monkeypatch, poi
 
 def test_torn_transcript_line_then_resume_is_bit_identical(env, monkeypatch):
     tmp, ref = env
-    cfg = C.build(cfg_dict(tmp, "torn"))
+    cfg = M.build_config(cfg_dict(tmp, "torn"))
     run = Path(cfg.out_dir)
     real = A.append_jsonl
 
@@ -153,7 +153,7 @@ def test_torn_transcript_line_then_resume_is_bit_identical(env, monkeypatch):
 
 def test_two_crashes_at_the_same_checkpoint_then_resume(env, monkeypatch):
     tmp, ref = env
-    cfg = C.build(cfg_dict(tmp, "twice"))
+    cfg = M.build_config(cfg_dict(tmp, "twice"))
     real = RunDir.save_checkpoint
 
     def save(run, step, tensors):
@@ -173,7 +173,7 @@ def test_two_crashes_at_the_same_checkpoint_then_resume(env, monkeypatch):
 @pytest.mark.parametrize("where", ["before_final_ledger_update", "after_final_ledger_update", "before_eval_json"])
 def test_crash_after_the_final_checkpoint_then_resume(env, monkeypatch, where):
     tmp, ref = env
-    cfg = C.build(cfg_dict(tmp, f"final-{where}"))
+    cfg = M.build_config(cfg_dict(tmp, f"final-{where}"))
     run = Path(cfg.out_dir)
     if where.endswith("final_ledger_update"):
         real = Ledger.update
@@ -209,7 +209,7 @@ def test_crash_after_the_final_checkpoint_then_resume(env, monkeypatch, where):
 
 def test_privacy_summary_matches_spent_after_a_crash(env, monkeypatch):
     tmp, _ = env
-    cfg = C.build(cfg_dict(tmp, "summary"))
+    cfg = M.build_config(cfg_dict(tmp, "summary"))
     from privtune.zo import engine as E
     real, calls = E.ZOEngine.apply_update, {"n": 0}
 
@@ -227,9 +227,9 @@ def test_privacy_summary_matches_spent_after_a_crash(env, monkeypatch):
 
 
 def test_metrics_rows_survive_a_resume_at_a_logged_checkpoint(tmp_path, stop_after):
-    ref = C.build(cfg_dict(tmp_path, "mref", "mezo"))
+    ref = M.build_config(cfg_dict(tmp_path, "mref", "mezo"))
     train(ref)
-    cfg = C.build(cfg_dict(tmp_path, "m", "mezo"))
+    cfg = M.build_config(cfg_dict(tmp_path, "m", "mezo"))
     train(cfg, callback=stop_after(8))  # checkpoint at 8, a logged step (log_every 4)
     train(cfg, resume=True)
     steps = lambda c: [r["step"] for r in A.read_jsonl(Path(c.out_dir) / R.METRICS)]  # noqa: E731

@@ -16,7 +16,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from privtune import config as C
+from privtune import methods as M
 from privtune.cli import app
 from privtune.errors import ConfigError
 from privtune.run.replay import replay, verify
@@ -35,8 +35,10 @@ from pathlib import Path
 import torch
 
 from privtune import config as C
+from privtune import methods as M
 from privtune.run.loop import StopRequested, train
 from privtune.run.setup import encode_examples, prepare
+from privtune.zo.seeds import Direction
 from privtune.zo.kernels import TritonZ, interpreting
 from privtune.zo.seeds import Direction
 
@@ -63,7 +65,7 @@ res["z"] = {"base": zb.draw(7, 0, big), "again": zb.draw(7, 0, big), "i1": zb.dr
             "shape": zb.draw(7, 0, torch.empty(250, 400)), "half": zb.draw(7, 0, big.half())}
 
 # (d) engine: θ bit-exact after perturbed passes; the hooks' value is the kernel's p + εz
-setup = prepare(C.build(cfgs["engine"]), need_pool=False, need_eval=False)
+setup = prepare(M.build_config(cfgs["engine"]), need_pool=False, need_eval=False)
 eng = setup.engine
 data = encode_examples(setup, setup.task.eval[:8])
 theta = {n: p.detach().clone() for n, p in eng.params}
@@ -84,12 +86,12 @@ res["engine"]["updated"] = {n: p.detach().clone() for n, p in eng.params}
 res["engine"]["z"] = {n: (zb.draw(5, i, p), zb.draw(6, i, p)) for i, (n, p) in enumerate(eng.params)}
 
 # (d) runs: one straight, one stopped after a step and resumed; replay of the straight one
-train(C.build(cfgs["a"]))
+train(M.build_config(cfgs["a"]))
 def stop(ev):  # stop cleanly after the first step, as an interruption would
     if ev["event"] == "step":
         raise StopRequested()
-assert train(C.build(cfgs["b"]), callback=stop) == {"stopped_at": 1}
-train(C.build(cfgs["b"]), resume=True)
+assert train(M.build_config(cfgs["b"]), callback=stop) == {"stopped_at": 1}
+train(M.build_config(cfgs["b"]), resume=True)
 from typer.testing import CliRunner
 from privtune.cli import app
 r = CliRunner().invoke(app, ["replay", cfgs["a"]["out_dir"], "--verify"])
@@ -245,7 +247,7 @@ def test_config_error_for_triton_on_cpu(tmp_path, monkeypatch):
     assert r.stderr.strip().splitlines() == [r.stderr.strip()] and r.stderr.startswith("error: train.z_kernel: ")
     assert not out.exists() and not list(tmp_path.iterdir())  # nothing half-written
     with pytest.raises(ConfigError, match=r"^train\.z_kernel: "):
-        C.build(tiny_cfg(tmp_path, **{"train.z_kernel": "cuda"}))
+        M.build_config(tiny_cfg(tmp_path, **{"train.z_kernel": "cuda"}))
 
 
 def test_torch_backend_is_unchanged(make_cfg, tmp_path):

@@ -24,8 +24,10 @@ import math
 
 import numpy as np
 
+from .. import methods as M
 from ..atomic import load_tensors
 from ..errors import ConfigError, PrivtuneError
+from ..methods.base import POOL_VS_HELDOUT, SECRET_SUBSET
 from ..run.keystore import SecretKey
 from ..run.rundir import RunDir
 from ..run.setup import prepare
@@ -56,14 +58,6 @@ def _heldout(train, exclude: set[int], labels_wanted: list[int], seed: int) -> l
     return out
 
 
-def secret_design(cfg, n_pool: int, secret_seed: int) -> tuple[np.ndarray, int]:
-    """PACZero audit mode: the public design [n_pool, M] and J, drawn from the known secret as PACZero draws it."""
-    from ..methods.paczero import balanced_design
-
-    design = balanced_design(n_pool, cfg.method.subsets, cfg.train.seed)
-    return design, int(SecretKey(secret_seed).numpy("subset").integers(cfg.method.subsets))
-
-
 def subset_rank_p_value(scores: np.ndarray, design_rows: np.ndarray, j: int) -> float | None:
     """Exact test of "the model is independent of J" (PACZero-ZPL: I = 0): the AUC of the true subset S_J against
     the AUCs of all M candidate subsets on the same scores. Under independence J is uniform given the scores, so the
@@ -90,14 +84,13 @@ def _subsample(idx: list[int], limit: int | None, rng) -> list[int]:
     return [idx[j] for j in sorted(rng.choice(len(idx), size=limit, replace=False))]
 
 
-def bound_check(guarantee: str | None, threat_model: str, privacy: dict) -> tuple[float | None, bool]:
-    """(posterior bound, whether it covers this threat model)."""
+def bound_check(covered: str, threat_model: str, privacy: dict) -> tuple[float | None, bool]:
+    """(posterior bound, whether it covers this threat model): it does when the audit plays the game the method's
+    guarantee is about (`covered`, Method.threat_model)."""
     bound = privacy.get("mia_posterior_bound")
     if bound is None:
         return None, False
-    if str(guarantee).startswith("pac"):
-        return float(bound), threat_model == "secret-subset"
-    return float(bound), threat_model == "pool-vs-heldout"
+    return float(bound), threat_model == covered
 
 
 def audit_run(run_dir, *, attacks=ATTACKS, limit: int | None = 500, n_boot: int = 200, seed: int = 0,
@@ -113,8 +106,10 @@ def audit_run(run_dir, *, attacks=ATTACKS, limit: int | None = 500, n_boot: int 
     if unknown or not attacks:
         raise ConfigError(f"attacks: unknown {unknown} (choose from {', '.join(ATTACKS)})")
     cfg, weights, privacy = _load_run(run)
-    if secret_seed is not None and cfg.method.name != "paczero":
-        raise ConfigError(f"secret_seed: only PACZero runs have a secret subset to audit (this is {cfg.method.name})")
+    method = M.method_class(cfg.method.name)
+    if secret_seed is not None and method.threat_model != SECRET_SUBSET:
+        have = " / ".join(m.display for m in M.method_classes() if m.threat_model == SECRET_SUBSET)
+        raise ConfigError(f"secret_seed: only {have} runs have a secret subset to audit (this is {cfg.method.name})")
     canary = None
     if cfg.task.canaries:
         path = run.canaries
@@ -132,16 +127,18 @@ def audit_run(run_dir, *, attacks=ATTACKS, limit: int | None = 500, n_boot: int 
     rng = np.random.default_rng(np.random.SeedSequence([seed, 17]))
     design = in_s = None
     if secret_seed is not None:
-        design, j_secret = secret_design(cfg, len(pool_index) + sum(canary_in), secret_seed)
+        # the design and J exactly as the run drew them from the same secret (the method's own derivation)
+        design, j_secret = method.secret_subset(cfg.method, cfg.train.seed, len(pool_index) + sum(canary_in),
+                                                SecretKey(secret_seed))
         in_s = design[:, j_secret]
         # subsample pool positions before splitting by S_J, so the scored set does not depend on J
         keep_pos = _subsample(list(range(len(pool_index))), None if limit is None else 2 * limit, rng)
         members = [pool_index[p] for p in keep_pos if in_s[p]]
         nonmembers = [pool_index[p] for p in keep_pos if not in_s[p]]
-        threat = "secret-subset"
+        threat = SECRET_SUBSET
     else:
         members, nonmembers = heldout_membership(setup.task, pool_index, seed)
-        threat = "pool-vs-heldout"
+        threat = POOL_VS_HELDOUT
         members, nonmembers = _subsample(members, limit, rng), _subsample(nonmembers, limit, rng)
     examples = [setup.task.train[i] for i in members + nonmembers]
     canary_ex = [Example(t, int(y)) for t, y in zip(canary["texts"], canary["labels"])] if canary else []
@@ -157,10 +154,10 @@ def audit_run(run_dir, *, attacks=ATTACKS, limit: int | None = 500, n_boot: int 
     n_m, n_x = len(members), len(members) + len(nonmembers)
 
     guarantee = privacy.get("guarantee")
-    bound, applies = bound_check(guarantee, threat, privacy)
+    bound, applies = bound_check(method.threat_model, threat, privacy)
     dp_eps, dp_delta = privacy.get("epsilon"), privacy.get("delta")
     dp = dp_eps is not None and math.isfinite(float(dp_eps))  # ε = ∞ (no noise) leaves nothing to check
-    canary_checked = bool(canary_ex) and dp and threat == "pool-vs-heldout"
+    canary_checked = bool(canary_ex) and dp and threat == POOL_VS_HELDOUT
     # One family-wise α for every test that can raise a violation (metrics.audit_checks says how it is split): the
     # posterior and TPR checks per attack, and the canary audit per attack when it is checked.
     checks = metrics.audit_checks({a: (sc[a][:n_m], sc[a][n_m:n_x]) for a in attacks},
@@ -193,17 +190,17 @@ def audit_run(run_dir, *, attacks=ATTACKS, limit: int | None = 500, n_boot: int 
         per = {name: onerun.audit(sc[name][n_x:], canary_in, delta=delta, confidence=1.0 - a_canary)
                for name in attacks}
         best = max(per, key=lambda a: per[a]["epsilon_lower_bound"])
-        result["canary"] = {"threat_model": "secret-subset" if threat == "secret-subset" else "pool-inclusion",
+        result["canary"] = {"threat_model": SECRET_SUBSET if threat == SECRET_SUBSET else "pool-inclusion",
                             "canaries": len(canary_ex), "included": int(sum(canary_in)), "delta": delta,
                             "confidence": 1.0 - len(attacks) * a_canary,  # of the best of the attacks
                             "epsilon_lower_bound": per[best]["epsilon_lower_bound"],
-                            "best_attack": best, "per_attack": per, "valid": threat != "secret-subset",
+                            "best_attack": best, "per_attack": per, "valid": threat != SECRET_SUBSET,
                             "auc": {a: metrics.auc(sc[a][n_x:][np.array(canary_in)], sc[a][n_x:][~np.array(canary_in)])
                                     for a in attacks} if 0 < sum(canary_in) < len(canary_in) else None}
         if canary_checked and per[best]["epsilon_lower_bound"] > float(dp_eps):
             result["violations"].append(f"canaries: ε lower bound {per[best]['epsilon_lower_bound']:.4f} exceeds the "
                                         f"proven ε {float(dp_eps):.4f}")
-        if threat == "secret-subset":
+        if threat == SECRET_SUBSET:
             # Given the public design, S_J membership of the canaries is one of M columns, not independent coins:
             # the one-run theorem's premise fails, so this ε is shown but not claimed; the exact test is
             # canary_subset_rank_p_value.

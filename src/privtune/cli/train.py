@@ -20,11 +20,11 @@ def train(
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ):
     """Train: privtune train --config FILE [key.sub=value ...]"""
-    from .. import config as C
+    from ..methods import load_config
     from ..run.loop import train as run_train
 
     def go():
-        cfg = C.load(config, ctx.args)
+        cfg = load_config(config, ctx.args)
         return run_train(cfg, resume=resume, callback=Progress(cfg.method.name, quiet))
 
     result = run(go)

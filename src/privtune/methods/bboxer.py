@@ -11,34 +11,41 @@ deterministic function of the public seed and the bits: `privtune replay` rebuil
 transcript, and a union bound over ≤ 2^b outputs bounds its generalization gap (privtune.privacy.generalization).
 This is a generalization bound, not differential privacy.
 
-Unused ZO fields: lr, eps, batch_size, directions (kept so the shared recipe reads one schema); train.steps is the
-budget b (evaluations, or generations with ranking).
+It has no learning rate, step size or batch (the ZO fields an older schema gave it are accepted and dropped);
+train.steps is the budget b (evaluations, or generations with ranking).
 """
 
 from __future__ import annotations
 
 import contextlib
 import warnings
-from typing import Annotated, Literal
+from typing import ClassVar, Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import Field, model_validator
+from pydantic import model_validator
 
-from ..config import PosFloat, PosInt, ZOCfg
+from ..config import MethodCfg, PosFloat, PosInt
 from ..errors import ConfigError
 from ..privacy.bounds import mi_to_posterior
 from ..privacy.generalization import bits_mi_bound, generalization_gap_bound, ranking_bits, released_bits
 from ..zo.seeds import derive_seed
-from . import Method, Release
+from .base import Delta, Method, Release, register
 
 CMA_MAX_DIM = 2000  # full-covariance CMA stores d×d: above this, use diagonal_cma
 MAX_DIM = 1_000_000  # a black-box search over more coordinates than this is hopeless (and nevergrad copies x often)
 
 
-class Config(ZOCfg):
+# BBoxER has no learning rate, but its transcript lines have always carried one (the default 1e-6 of the ZO fields
+# it used to be given): kept in the `lr` slot so its transcripts stay byte-identical. Nothing reads it.
+TRANSCRIPT_LR = 1e-6
+
+
+class Config(MethodCfg):
     name: Literal["bboxer"] = "bboxer"
+    unused: ClassVar[tuple[str, ...]] = ("lr", "eps", "weight_decay", "batch_size", "directions", "lr_schedule",
+                                         "lr_power")
     optimizer: Literal["one_plus_one", "diagonal_cma", "cma", "de", "random"] = "one_plus_one"
     comparison: Literal["incumbent", "ranking"] = "incumbent"
     population: PosInt | None = None  # λ candidates per ranked generation (ranking only; default 8)
@@ -46,7 +53,7 @@ class Config(ZOCfg):
     # one x per entry, or one scalar per trainable tensor (kind norms + tensor = per-layer norm scalars)
     granularity: Literal["element", "tensor"] = "element"
     score: Literal["loss", "error"] = "loss"  # what decides a comparison: mean CE or 0-1 error on the scoring set
-    delta: Annotated[float, Field(gt=0, lt=1)] = 0.05  # confidence of the reported generalization bound
+    delta: Delta = 0.05  # confidence of the reported generalization bound
 
     @model_validator(mode="after")
     def _population(self):
@@ -161,13 +168,12 @@ class Scorer:
 
 class BBoxER(Method):
     name = "bboxer"
+    display = "BBoxER"
     guarantee = "generalization bound"
+    multi_process = False  # one scorer over the whole pool, not sharded across torchrun ranks
 
     def __init__(self, cfg, engine, pool, run_seed, total_steps, secret=None):
         super().__init__(cfg, engine, pool, run_seed, total_steps, secret)
-        from .. import dist
-
-        dist.require_single(self.name)
         params = [p for _, p in engine.params]
         if any(not bool(torch.any(p != 0)) for p in params):
             raise ConfigError("trainable.kind: bboxer scales parameters as w·exp(x), and this trainable set has an "
@@ -203,7 +209,10 @@ class BBoxER(Method):
         self.write(self.search.x)  # θ back at the incumbent until the release is applied
         return Release(updates=[], public=public, charge=0.0)
 
-    def apply(self, rel: Release, lr: float, weight_decay: float) -> None:
+    def lr_at(self, t: int) -> float:
+        return TRANSCRIPT_LR
+
+    def apply(self, rel: Release, lr: float) -> None:
         self.search.tell(rel.public)
         self.write(self.search.x)
 
@@ -266,4 +275,4 @@ class BBoxER(Method):
                 "observed_gap": train_acc - final_eval["accuracy"]}
 
 
-METHOD = BBoxER
+register(Config, BBoxER)

@@ -18,29 +18,32 @@ from __future__ import annotations
 
 import hashlib
 import warnings
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
 from pydantic import model_validator
 
 from ..config import PosFloat
-from ..errors import ConfigError, TrainingDiverged
-from . import Release, dpzero
+from ..errors import ConfigError, PrivtuneError, TrainingDiverged
+from . import dpzero
+from .base import BatchCfg, Release, StepCfg, register
 
 
-class Config(dpzero.Config):
+class Config(StepCfg, BatchCfg, dpzero.DPCfg):
     name: Literal["dpsgd"] = "dpsgd"
+    unused: ClassVar[tuple[str, ...]] = ("eps", "directions")  # zeroth-order fields an older schema forced on it
     clip: dpzero.Clip = 1.0  # C: L2 bound of each per-example gradient (all trainable parameters together)
     optimizer: Literal["sgd", "adam"] = "adam"
     lr: PosFloat = 1e-3
-    # eps, directions: zeroth-order fields, unused by DP-SGD
 
-    @model_validator(mode="after")
-    def _first_order(self):
-        if self.directions != 1:
+    @model_validator(mode="before")
+    @classmethod
+    def _first_order(cls, data):
+        # directions was accepted (and had to be 1) before it was dropped: other values still mean a mistake
+        if isinstance(data, dict) and data.get("directions", 1) != 1:
             raise ValueError("method.directions: DP-SGD has no ZO directions; leave it at 1")
-        return self
+        return data
 
 
 class _Suffix(torch.nn.Module):
@@ -55,17 +58,18 @@ class _Suffix(torch.nn.Module):
 
 class DPSGD(dpzero.DPZero):
     name = "dpsgd"
+    display = "DP-SGD"
+    multi_process = False  # Opacus' per-sample gradients are not sharded across torchrun ranks
+    directions = 1  # one vector release per step (the DP accounting of DPZero with K = 1)
     clipped = "per-example gradient of all trainable parameters (L2 norm)"
     released = "only the noisy clipped-gradient average (a vector over the trainable parameters) is released"
 
     def __init__(self, cfg, engine, pool, run_seed, total_steps, secret=None):
         super().__init__(cfg, engine, pool, run_seed, total_steps, secret)
+        # imported here, not at the top: Opacus takes seconds to import and only a DP-SGD run needs it
         from opacus import GradSampleModule
         from opacus.optimizers import DPOptimizer
 
-        from .. import dist
-
-        dist.require_single(self.name)
         fwd = engine.forward
         if fwd.base is None:
             raise ConfigError("model.name: dpsgd needs a Llama-style decoder (model.layers, model.norm)")
@@ -135,7 +139,7 @@ class DPSGD(dpzero.DPZero):
             h.update(p.grad.detach().cpu().contiguous().numpy().tobytes())
         return Release(updates=[], public={"grad_digest": h.hexdigest()[:32]})
 
-    def apply(self, rel: Release, lr: float, weight_decay: float) -> None:
+    def apply(self, rel: Release, lr: float) -> None:
         for g in self.opt.original_optimizer.param_groups:
             g["lr"] = lr
         self.opt.original_optimizer.step()
@@ -143,8 +147,6 @@ class DPSGD(dpzero.DPZero):
 
     @classmethod
     def replay(cls, cfg, setup, lines, callback=None) -> None:
-        from ..errors import PrivtuneError
-
         raise PrivtuneError("replay: a dpsgd run releases noisy gradient vectors, recorded only as digests; it "
                             "cannot be rebuilt from its transcript (resume and checkpoints are exact instead)")
 
@@ -165,4 +167,4 @@ class DPSGD(dpzero.DPZero):
                 "trainable_parameters": sum(p.numel() for p in self.params)}
 
 
-METHOD = DPSGD
+register(Config, DPSGD)

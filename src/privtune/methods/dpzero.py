@@ -28,21 +28,21 @@ import numpy as np
 from pydantic import Field, model_validator
 
 from .. import dist
-from ..config import PosFloat, ZOCfg
+from ..config import MethodCfg, PosFloat
 from ..data import sample_batch
 from ..errors import ConfigError, TrainingDiverged
 from ..privacy import dp
 from ..privacy.bounds import eps_to_posterior
 from ..zo.seeds import direction_seed
 from ..zo.sums import pair_sums, zo_scalars
-from . import TIMING_RESIDUAL, Method, Release
+from .base import TIMING_RESIDUAL, BatchCfg, Delta, Method, Release, ZOCfg, register
 
-Delta = Annotated[float, Field(gt=0, lt=1)]
 Clip = Annotated[float, Field(gt=0)]  # inf allowed (no clipping) only with noise_multiplier = 0
 
 
-class Config(ZOCfg):
-    name: Literal["dpzero"] = "dpzero"
+class DPCfg(MethodCfg):
+    """The (ε, δ)-DP fields DPZero, DP-ZO and DP-SGD share: the budget, the clip, the accountant and the sampling."""
+
     epsilon: PosFloat | None = None  # target ε for the whole run (or give noise_multiplier)
     delta: Delta = 1e-5
     clip: Clip = 25.0  # C: each per-example projected gradient g_i is clipped to [−C, C]
@@ -58,6 +58,10 @@ class Config(ZOCfg):
         if math.isinf(self.clip) and self.noise_multiplier != 0:
             raise ValueError("method.clip: must be finite when noise is added (only noise_multiplier=0 allows inf)")
         return self
+
+
+class Config(ZOCfg, BatchCfg, DPCfg):
+    name: Literal["dpzero"] = "dpzero"
 
 
 # Fields of privtune.privacy.dp's error messages → the config keys they come from.
@@ -99,6 +103,7 @@ def poisson_batch(secret, n: int, rate: float, t: int) -> list[int]:
 
 class DPZero(Method):
     name = "dpzero"
+    display = "DPZero"
     guarantee = "dp"
     needs_secret = True
     mechanism = "gaussian"
@@ -110,8 +115,6 @@ class DPZero(Method):
         if secret is None:
             raise ConfigError(f"method: {self.name} needs a secret key (run it through privtune.train)")
         self.n = len(pool)
-        if cfg.batch_size > self.n:
-            raise ConfigError(f"method.batch_size: {cfg.batch_size} is larger than the pool ({self.n} examples)")
         self.rate = cfg.batch_size / self.n
         self._spent_curve = None  # steps done ↦ ε spent (privacy.dp.epsilon_spent_curve), built on first use
         self.sigma, self.epsilon = self._calibrate()
@@ -120,6 +123,11 @@ class DPZero(Method):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(σ={self.sigma:.4g}, C={self.cfg.clip}, ε={self.epsilon:.4g})"
+
+    @property
+    def directions(self) -> int:
+        """K: the scalars released per step on one batch (the accountant's sensitivity grows with it)."""
+        return self.cfg.directions
 
     # ------------------------------------------------------------------------------------------ calibration
     def _calibrate(self) -> tuple[float, float]:
@@ -142,7 +150,7 @@ class DPZero(Method):
         """(per_step, the accountant's arguments): the accountant sees noise / per_step (see _calibrate) for
         `total_steps` releases at rate B/N. Shared by the calibration and epsilon_spent, so the two never diverge."""
         cfg = self.cfg
-        per_step = math.sqrt(cfg.directions) if self.mechanism == "gaussian" else float(cfg.directions)
+        per_step = math.sqrt(self.directions) if self.mechanism == "gaussian" else float(self.directions)
         return per_step, dict(steps=self.total_steps, sampling_rate=self.rate, delta=cfg.delta,
                               accountant=cfg.accountant, sampling=cfg.sampling, dataset_size=self.n)
 
@@ -217,7 +225,7 @@ class DPZero(Method):
         return {"method": self.name, "guarantee": self.guarantee, "mechanism": self.mechanism,
                 "noise_multiplier": self.sigma, "noise_std": self.noise_std, "accountant": cfg.accountant,
                 "sampling": cfg.sampling, "sampling_rate": self.rate, "pool_size": self.n,
-                "batch_size": cfg.batch_size, "directions": cfg.directions, "clip": cfg.clip, "clipped": self.clipped,
+                "batch_size": cfg.batch_size, "directions": self.directions, "clip": cfg.clip, "clipped": self.clipped,
                 **self.summary({})}
 
     def summary(self, ledger_state: dict) -> dict:
@@ -237,7 +245,7 @@ class DPZero(Method):
 
     def sampling_assumption(self) -> str:
         """What the accountant charges per step (privacy/dp.py's conventions), in words, with q = B/n from the pool."""
-        cfg, n, B, K = self.cfg, self.n, self.cfg.batch_size, self.cfg.directions
+        cfg, n, B, K = self.cfg, self.n, self.cfg.batch_size, self.directions
         pool = f"n = {n} is the pool size, including any canaries"
         # K scalars per step on one batch: L2 sensitivity √K·C (Gaussian), L1 K·C (Laplace), as in _calibrate
         k = "" if K == 1 else (f"√{K}·" if self.mechanism == "gaussian" else f"{K}·")
@@ -259,4 +267,4 @@ class DPZero(Method):
                 f"{self.mechanism} mechanism with noise scale σ·C (σ = {self.sigma:.6g}) at {sens}")
 
 
-METHOD = DPZero
+register(Config, DPZero)

@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import Literal
 
 from . import dpzero
+from .base import register
 
 
 class Config(dpzero.Config):
@@ -26,6 +27,7 @@ class Config(dpzero.Config):
 
 class DPZO(dpzero.DPZero):
     name = "dpzo"
+    display = "DP-ZO"
     clipped = "per-example loss difference Δ_i = l_i(θ+εz) − l_i(θ−εz)"
 
     def __init__(self, cfg, engine, pool, run_seed, total_steps, secret=None):
@@ -57,4 +59,4 @@ class DPZO(dpzero.DPZero):
         return {**super().ledger_fields(), "noise_scale_sum": self.noise_scale}
 
 
-METHOD = DPZO
+register(Config, DPZO)

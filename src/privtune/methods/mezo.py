@@ -4,19 +4,24 @@ baseline. g = (ℓ(θ+εz) − ℓ(θ−εz)) / 2ε on a sampled batch; θ ← �
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 import torch
 
-from ..config import MezoCfg as Config
 from ..data import sample_batch
 from ..errors import TrainingDiverged
 from ..zo.seeds import direction_seed
 from ..zo.sums import pair_sums, zo_scalars
-from . import Method, Release
+from .base import BatchCfg, Method, Release, ZOCfg, register
+
+
+class Config(ZOCfg, BatchCfg):
+    name: Literal["mezo"] = "mezo"
 
 
 class Mezo(Method):
     name = "mezo"
+    display = "MeZO"
     guarantee = "none"
 
     def step(self, t: int) -> Release:
@@ -37,4 +42,4 @@ class Mezo(Method):
                        monitor={"train_loss": sum(losses) / len(losses)})  # batch mean: MeZO promises no privacy
 
 
-METHOD = Mezo
+register(Config, Mezo)

@@ -14,22 +14,24 @@ step seed, the released sign, the public σ and whether the step was unanimous.
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import ClassVar, Literal
 
 import numpy as np
 from pydantic import Field, model_validator
 
 from .. import dist
-from ..config import NonNegFloat, PosFloat, PosInt, ZOCfg
-from ..errors import BudgetError, ConfigError, TrainingDiverged
+from ..config import PosFloat, PosInt
+from ..errors import ConfigError, TrainingDiverged
 from ..privacy import bounds, pac
 from ..zo.seeds import derive_seed, direction_seed
 from ..zo.sums import pair_sums, zo_scalars
-from . import TIMING_RESIDUAL, Method, Release
+from .base import SECRET_SUBSET, TIMING_RESIDUAL, Method, Release, ZOCfg, register
+from .budget import NatsBudget
 
 
 class Config(ZOCfg):
     name: Literal["paczero"] = "paczero"
+    unused: ClassVar[tuple[str, ...]] = ("batch_size",)  # every step uses the whole pool
     mode: Literal["zpl", "mi"] = "zpl"
     subsets: PosInt = 128  # M (even)
     clip: PosFloat = 25.0  # c: per-example scalar clipped to [−c, c]
@@ -76,9 +78,17 @@ def signs_of(G: np.ndarray) -> np.ndarray:
     return np.where(G >= 0, 1, -1).astype(np.int8)  # sign with 0 → +1
 
 
+def secret_index(cfg: Config, secret) -> int:
+    """J ~ Uniform[M], drawn from the run's secret key (tag "subset"): the one derivation, used by the run and by
+    the audit of a run trained with a known secret."""
+    return int(secret.numpy("subset").integers(cfg.subsets))
+
+
 class PACZero(Method):
     name = "paczero"
+    display = "PACZero"
     needs_secret = True
+    threat_model = SECRET_SUBSET
 
     def __init__(self, cfg, engine, pool, run_seed, total_steps, secret=None):
         super().__init__(cfg, engine, pool, run_seed, total_steps, secret)
@@ -92,20 +102,21 @@ class PACZero(Method):
         subset_means(np.zeros(len(pool)), self.member)  # fail early on empty subsets
         self.counts = self.member.sum(axis=0).astype(np.float64)
         # J: never written anywhere, and under torchrun held by rank 0 only (the others never see the key)
-        self._secret_index = int(secret.numpy("subset").integers(cfg.subsets)) if dist.is_main() else None
+        self._secret_index = secret_index(cfg, secret) if dist.is_main() else None
         self.posterior = np.full(cfg.subsets, 1.0 / cfg.subsets)
-        self.spent = 0.0  # the method's own running total (equals the ledger's at every checkpoint)
+        # the run's one running total of nats spent (ZPL: a budget of none); the ledger persists it
+        self.budget = NatsBudget(cfg.budget if cfg.mode == "mi" else None, total_steps, cfg.allocation)
 
     def __repr__(self) -> str:
         return f"PACZero(mode={self.cfg.mode}, M={self.cfg.subsets})"
 
     # ------------------------------------------------------------------------------------------------ the step
     def step(self, t: int) -> Release:
-        snapshot = (self.posterior.copy(), self.spent)
+        snapshot = (self.posterior.copy(), self.budget.spent)
         try:
             return self._step(t)
         except BaseException:
-            self.posterior, self.spent = snapshot  # a failed step leaves no trace in the mechanism's state
+            self.posterior, self.budget.spent = snapshot  # a failed step leaves no trace in the mechanism's state
             raise
 
     def _step(self, t: int) -> Release:
@@ -114,7 +125,7 @@ class PACZero(Method):
         charge = 0.0
         self._charged_now = []
         if cfg.mode == "mi":
-            self._beta_step = pac.step_budget(cfg.budget, self.spent, self.total_steps, t, cfg.allocation)
+            self._beta_step = self.budget.allowance(t)
         for k in range(K):
             seed = direction_seed(self.run_seed, t, k)
             rows = lambda lp, lm, ex: subset_rows(zo_scalars(lp, lm, cfg.eps).numpy(), self.member[ex], cfg.clip)
@@ -130,7 +141,7 @@ class PACZero(Method):
             released.append(y)
             unanimous.append(free)
             sigmas.append(sigma)
-        self.spent += charge
+        self.budget.charge(t, charge)
         n_free = sum(unanimous)
         counters = {"directions": K, "unanimous": n_free,
                     ("coin_flips" if cfg.mode == "zpl" else "noisy_releases"): K - n_free}
@@ -168,7 +179,7 @@ class PACZero(Method):
             self.posterior /= self.posterior.sum()
             return y, False, 0.0, h
         if beta <= 0.0:
-            raise BudgetError(f"privacy budget: spent at step {t}; the run stops here")
+            raise self.budget.refuse(t)
         beta = pac.cap_budget(beta, q)
         sigma = pac.calibrate_sigma(q, beta)
         noise = float(self.secret.numpy("noise", t * K + k).standard_normal())
@@ -179,7 +190,7 @@ class PACZero(Method):
     # ------------------------------------------------------------------------------------------ ledger / state
     def ledger_fields(self) -> dict:
         budget = self.cfg.budget if self.cfg.mode == "mi" else None  # ZPL: I = 0, no budget to spend
-        # `budget` / `spent` (nats) are what the ledger checks and charges; mi_budget_nats / mi_spent_nats say the unit
+        # `budget` / `spent` (nats): the ledger persists self.budget's here; mi_budget_nats / mi_spent_nats say the unit
         return {"method": self.name, "guarantee": self.guarantee, "mode": self.cfg.mode,
                 "budget": budget, "spent": 0.0, "mi_budget_nats": budget,
                 "pool_size": len(self.pool), "subsets": self.cfg.subsets, "clip": self.cfg.clip,
@@ -200,13 +211,33 @@ class PACZero(Method):
                                f"ε is given only as the DP ε with the same posterior bound; {TIMING_RESIDUAL}")}
         return out
 
+    def spending(self) -> dict:
+        return self.budget.fields()
+
     def private_state(self) -> dict:
-        return {"posterior": self.posterior.copy(), "spent": self.spent}
+        return {"posterior": self.posterior.copy(), "spent": self.budget.spent}
 
     def load_private_state(self, state: dict) -> None:
         if state:
             self.posterior = np.asarray(state["posterior"], dtype=np.float64)
-            self.spent = float(state["spent"])
+            self.budget.spent = float(state["spent"])
+
+    # ------------------------------------------------------------------------------------- audit / report
+    @classmethod
+    def secret_subset(cls, cfg, run_seed: int, n_pool: int, secret):
+        return balanced_design(n_pool, cfg.subsets, run_seed), secret_index(cfg, secret)
+
+    @classmethod
+    def mechanisms(cls) -> dict[str, tuple[str, str]]:
+        return {"paczero-zpl": ("PACZero-ZPL", "pac-zpl"), "paczero-mi": ("PACZero-MI", "pac-mi")}
+
+    @classmethod
+    def mechanism_of(cls, method_cfg: dict) -> str:
+        return f"paczero-{method_cfg.get('mode', 'zpl')}"
+
+    @classmethod
+    def label_of(cls, method_cfg: dict) -> str:
+        return "PACZero-" + ("ZPL" if method_cfg.get("mode") == "zpl" else f"MI {method_cfg.get('budget')} nats")
 
 
-METHOD = PACZero
+register(Config, PACZero)

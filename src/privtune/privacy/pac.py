@@ -359,3 +359,16 @@ def cap_budget(beta: float, q: float) -> float:
         raise ConfigError(f"beta: must be >= 0, got {beta}")
     # entropy ceiling I(S; R) ≤ H(S) = H(q₊)  (PACZero reference pac_trainer.py, "entropy-ceiling cap")
     return float(min(beta, 0.999 * bernoulli_entropy(q)))
+
+
+BUDGET_SLACK = 1e-12  # float round-off allowed when the last step spends exactly what remains
+
+
+def overspends(budget: float, spent: float, amount: float) -> bool:
+    """Whether charging `amount` on top of `spent` exceeds `budget` (beyond float round-off)."""
+    return spent + amount > float(budget) + BUDGET_SLACK
+
+
+def exhausted(budget: float, spent: float) -> bool:
+    """Whether `spent` has used up `budget` (up to float round-off): no costly step can be paid for any more."""
+    return spent >= float(budget) - BUDGET_SLACK

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .. import config as C
 from ..errors import ConfigError
+from ..methods import build_config
 from ..trainable import load_trainable_state
 from ..zo.sums import accuracy
 from .rundir import RunDir
@@ -44,14 +44,14 @@ def evaluate_run(run_dir: str | Path, split: str = "dev", limit: int | None = No
     data = run.load_config_dict()
     if limit is not None:
         data.setdefault("task", {})["eval_limit"] = limit  # default: the run's own eval set
-    result = {"run_dir": str(run.path), **_score(C.build(data), split, run.load_final_weights(), callback)}
+    result = {"run_dir": str(run.path), **_score(build_config(data), split, run.load_final_weights(), callback)}
     run.write_record(run.split_eval(split), result)
     return result
 
 
 def evaluate_base(model: str, task: str, split: str = "dev", limit: int | None = None, template: str | None = None,
                   verbalizer: list[str] | None = None, device: str = "auto", callback=None) -> dict:
-    cfg = C.build({"model": {"name": model, "device": device},
-                   "task": {"name": task, "template": template, "verbalizer": verbalizer, "eval_limit": limit},
-                   "trainable": {"kind": "norms"}, "train": {"prefix_cache": False}})
+    cfg = build_config({"model": {"name": model, "device": device},
+                        "task": {"name": task, "template": template, "verbalizer": verbalizer, "eval_limit": limit},
+                        "trainable": {"kind": "norms"}, "train": {"prefix_cache": False}})
     return _score(cfg, split, callback=callback)

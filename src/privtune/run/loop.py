@@ -16,10 +16,9 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from .. import config as C
 from .. import dist, tblog
 from ..errors import BudgetError, PrivtuneError
-from ..methods import Release, method_class
+from ..methods import Release, build_config, method_class
 from ..paths import cache_dir
 from .evaluate import evaluate_setup
 from .forget import forget_run
@@ -50,17 +49,6 @@ class _Events:
             self.callback(event)
         except StopRequested:
             self.stop = True
-
-
-def lr_at(cfg_method, t: int, steps: int) -> float:
-    """Learning rate at step t: constant, linear or polynomial decay to 0 at `steps`."""
-    lr = cfg_method.lr
-    frac = 1.0 - t / steps
-    if cfg_method.lr_schedule == "linear":
-        return lr * frac
-    if cfg_method.lr_schedule == "polynomial":
-        return lr * frac ** cfg_method.lr_power
-    return lr
 
 
 def train(cfg, *, resume: bool = False, callback: Callback | None = None) -> dict:
@@ -95,7 +83,7 @@ def _train(cfg, resume: bool, callback: Callback | None) -> dict:
     run = RunDir(cfg.out_dir)
     saved, zk = dist.from_main(lambda: _check_out_dir(run, resume))
     if saved is not None:
-        cfg = C.build(saved)  # on resume every rank trains the config saved in the run dir
+        cfg = build_config(saved)  # on resume every rank trains the config saved in the run dir
     setup = prepare(cfg, callback=emit, z_kernel=zk, z_recorded_in=run.engine if resume else None)
     cls, steps, main = method_class(cfg.method.name), cfg.train.steps, dist.is_main()
     w = Writer(run, setup, cls)
@@ -138,12 +126,12 @@ def _train(cfg, resume: bool, callback: Callback | None) -> dict:
             if main:
                 w.checkpoint(t, method)  # θ is still the last good state
             raise
-        lr = lr_at(cfg.method, t, steps)
+        lr = method.lr_at(t)
         line = {"step": t, "lr": lr, "updates": [[int(s), float(c)] for s, c in rel.updates], **rel.public}
         # 2. charge the ledger, 3. append the transcript (rank 0); every rank waits for it before θ moves
         dist.from_main(lambda: w.release(t, rel, line, method))
         comm += dist.stats["bytes"] - sent
-        method.apply(rel, lr, cfg.method.weight_decay)  # 4. apply the release
+        method.apply(rel, lr)  # 4. apply the release
         if (t + 1) % cfg.train.log_every == 0 or t + 1 == steps:
             row = _metrics_row(t + 1, lr, rel, t0 if per_step_costs else None, comm, logged_at)
             comm, logged_at = 0, t + 1

@@ -29,6 +29,7 @@ import torch
 from .. import atomic as A
 from .. import config as C
 from ..errors import ConfigError, PrivtuneError
+from ..methods import build_config
 
 CONFIG, METRICS, TRANSCRIPT, PRIVACY, EVAL = "config.yaml", "metrics.jsonl", "transcript.jsonl", "privacy.json", "eval.json"
 ENGINE, CANARIES, AUDIT = "engine.json", "canaries.json", "audit.json"
@@ -113,7 +114,7 @@ class RunDir:
         return C.load_yaml(self.config)
 
     def load_config(self):
-        return C.build(self.load_config_dict())
+        return build_config(self.load_config_dict())
 
     def read_record(self, path: Path, parse: Callable[[dict], object] = lambda d: d, what: str = ""):
         """A small JSON record of the run dir through `parse`, or None when the file does not exist; a torn or

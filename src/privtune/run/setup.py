@@ -82,9 +82,6 @@ def prepare(cfg, *, need_pool: bool = True, need_eval: bool = True, callback: Ca
         setup.pool_index = balanced_pool(task.train, cfg.task.pool_size, cfg.train.seed, task.label_names)
         if cfg.task.canaries:
             setup.canaries = add_canaries(task, setup.pool_index, cfg.task.canaries, cfg.train.seed)
-        bs = getattr(cfg.method, "batch_size", None)
-        if bs is not None and bs > len(setup.pool_index):
-            raise ConfigError(f"method.batch_size: {bs} is larger than task.pool_size {len(setup.pool_index)}")
         emit(callback, {"event": "status", "message": f"encoding {len(setup.pool_index)} training examples"})
         setup.pool = encode_examples(setup, [task.train[i] for i in setup.pool_index])
     if need_eval:

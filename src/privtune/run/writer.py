@@ -116,7 +116,7 @@ class Writer:
         if t in self.recorded and _released(self.recorded[t]) != _released(line):
             raise PrivtuneError(f"{self.run.transcript}: the release recomputed at step {t} differs from the "
                                 "recorded one (non-deterministic device?); refusing to continue")
-        self.ledger.charge(t, rel.charge, summary=method.summary, **rel.counters)  # before the release is applied
+        self.ledger.charge(t, method.spending(), summary=method.summary, **rel.counters)  # before it is applied
         if t not in self.recorded:
             self.run.append_transcript(line)
 
