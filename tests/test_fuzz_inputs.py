@@ -1,10 +1,10 @@
 """Bad input, fuzzed: every case either works or raises a one-line PrivtuneError naming the field or the file.
 
-Property (library): `privtune.config.load/build`, `privtune.data.load_examples/load_task` and `privtune.run.setup.prepare`
-either succeed or raise `ConfigError`/`DataError` whose message is one line and starts with the dotted field
-(`task.pool_size: ...`) or names the file; never another exception type. Data errors never quote a text longer
-than the 40 characters data.py allows. Property (CLI, fixed cases): exit code 2, stderr one line starting with
-"error:", no traceback, no run dir (and no temp dir) created.
+Property (library): `privtune.methods.load_config/build_config`, `privtune.data.load_examples/load_task` and
+`privtune.run.setup.prepare` either succeed or raise `ConfigError`/`DataError` whose message is one line and starts
+with the dotted field (`task.pool_size: ...`) or names the file; never another exception type. Data errors never
+quote a text longer than the 40 characters data.py allows. Property (CLI, fixed cases): exit code 2, stderr one line
+starting with "error:", no traceback, no run dir (and no temp dir) created.
 
 Kinds of bad input covered (explicit cases below; the hypothesis strategies mix them at random): 49 + 16 = 65
 
@@ -413,7 +413,7 @@ PREPARE_CASES = {  # name: (config overrides on tiny_custom, expected head); nee
     "cuda_without_cuda": ({"model.device": "cuda"}, "model.device"),
     "negative_seed": ({"train.seed": -1}, "train.seed"),
     "pool_size_absurd": ({"task.pool_size": 10**9}, "task.pool_size"),
-    "pool_smaller_than_labels": ({"task.pool_size": 1}, "task.pool_size"),
+    "pool_smaller_than_labels": ({"task.pool_size": 1, "method.batch_size": 1}, "task.pool_size"),
     "batch_size_absurd": ({"method.batch_size": 10**9}, "method.batch_size"),
 }
 
