@@ -47,7 +47,7 @@ def overfit(run, cfg, epochs=60, lr=1e-2):
     A.atomic_write_json(run / R.PRIVACY, {"method": "sgd", "guarantee": "none", "mia_posterior_bound": None,
                                          "epsilon": None, "delta": None, "mi_nats": None})
     (run / R.METRICS).write_text(json.dumps({"step": epochs, "train_loss": loss.item()}) + "\n")
-    save_model(run, setup)
+    save_model(R.RunDir(run), setup)
     A.atomic_write_json(run / R.EVAL, {**evaluate_setup(setup), "steps": epochs, "wall_time_s": 1.0})
     return loss.item()
 
