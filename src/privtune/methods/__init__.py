@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 _MODULES = ["mezo", "paczero", "dpzero", "dpzo", "dpsgd", "bboxer"]
 
 # A method with a secret (needs_secret) may do secret-dependent work per step (a Poisson batch's size is hidden, its
-# compute time is not), so privtune.train writes no per-step wall time or traffic for it; the total stays. Its
+# compute time is not), so the training loop (privtune.run.loop) writes no per-step wall time or traffic for it; the total stays. Its
 # privacy.json assumptions end with this clause.
 TIMING_RESIDUAL = ("no per-step timing or traffic is released; the run's total wall time (eval.json wall_time_s) "
                    "is, and it is not covered: it can reveal the run's total work (e.g. the summed Poisson batch "
@@ -33,7 +33,7 @@ class Method:
 
     name = "base"
     guarantee = "none"
-    needs_secret = False  # True: the recipe hands the method a SecretKey (privtune.secrets) as `secret`
+    needs_secret = False  # True: the recipe hands the method a SecretKey (privtune.run.keystore) as `secret`
 
     def __init__(self, cfg, engine, pool, run_seed: int, total_steps: int, secret=None):
         self.cfg, self.engine, self.pool = cfg, engine, pool
