@@ -5,18 +5,7 @@ member of zo/ (what the engine offers others has a public name)."""
 import ast
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
-PKG = ROOT / "src" / "privtune"
-
-
-def module_name(path: Path) -> str:
-    parts = path.relative_to(PKG.parent).with_suffix("").parts
-    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
-
-
-def is_module(name: str) -> bool:
-    rel = Path(*name.split("."))
-    return (PKG.parent / rel).with_suffix(".py").exists() or (PKG.parent / rel / "__init__.py").exists()
+from test_import_graph import PKG, ROOT, is_module, module_name  # tests/ is on sys.path (rootdir conftest)
 
 
 def imports(path: Path) -> list[tuple[str, bool]]:

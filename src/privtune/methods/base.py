@@ -2,7 +2,7 @@
 
 A method's `step(t)` returns a `Release`: the updates (direction seed, coefficient) to apply as
 θ ← θ − lr·(Σ_k c_k z_k + λθ), the public values released at this step, and the privacy cost it charged. The recipe
-(privtune.train) charges the ledger, appends the transcript, then applies the release, in that order.
+(privtune.run.loop) charges the ledger, appends the transcript, then applies the release, in that order.
 
 Shared code asks a method class, never a method name, for what differs between methods: whether it holds a secret,
 whether it runs under torchrun, the membership game its guarantee covers (the audit), the secret subset a known
@@ -20,7 +20,7 @@ from .. import dist
 from ..config import MethodCfg, NonNegFloat, PosFloat, PosInt, TaskCfg
 
 # A method with a secret (needs_secret) may do secret-dependent work per step (a Poisson batch's size is hidden, its
-# compute time is not), so privtune.train writes no per-step wall time or traffic for it; the total stays. Its
+# compute time is not), so the training loop (privtune.run.loop) writes no per-step wall time or traffic for it; the total stays. Its
 # privacy.json assumptions end with this clause.
 TIMING_RESIDUAL = ("no per-step timing or traffic is released; the run's total wall time (eval.json wall_time_s) "
                    "is, and it is not covered: it can reveal the run's total work (e.g. the summed Poisson batch "
