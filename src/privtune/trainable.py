@@ -7,9 +7,11 @@ and `first_trainable_layer`: every block below it (and the embedding) is frozen,
 
 from __future__ import annotations
 
+import contextlib
 import re
 import warnings
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
@@ -119,15 +121,50 @@ def _wrap_lora(model, spec: LoraSpec, n_layers: int, seed: int):
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)  # LoRA A init is random: make it a function of the run seed
         try:
-            with warnings.catch_warnings():
-                # peft reads model.is_gradient_checkpointing, which transformers 5 deprecates with a FutureWarning on
-                # every wrap; privtune never checkpoints activations, so the notice only tells a user about peft
-                warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing", category=FutureWarning)
+            with no_checkpointing_notice():
                 wrapped = get_peft_model(model, cfg)
         except ValueError as e:
             raise ConfigError(f"trainable.lora.target_modules: {str(e).splitlines()[0]}") from None
     wrapped.eval()
     return wrapped
+
+
+@contextlib.contextmanager
+def no_checkpointing_notice():
+    """peft and save_pretrained read model.is_gradient_checkpointing, which transformers 5 deprecates with a
+    FutureWarning each time; privtune never checkpoints activations, so the notice only tells a user about peft."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing", category=FutureWarning)
+        yield
+
+
+def base_model_path(model: torch.nn.Module) -> str | None:
+    """The folder a (possibly peft-wrapped) model was loaded from, absolute; None for a model built in memory (tiny)."""
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    name = getattr(getattr(inner, "config", None), "name_or_path", "") or ""
+    return str(Path(name).expanduser().resolve()) if name and Path(name).expanduser().is_dir() else None
+
+
+def save_adapter(sel: Selection, folder: Path) -> bool:
+    """A LoRA selection as a standard peft adapter folder (`PeftModel.from_pretrained(base, folder)` loads it), with
+    the base model's folder recorded in adapter_config.json. False, nothing written, for the other kinds: their
+    trainable.safetensors already holds the changed tensors under the model's own parameter names."""
+    if not hasattr(sel.model, "peft_config"):
+        return False
+    for cfg in sel.model.peft_config.values():
+        cfg.base_model_name_or_path = base_model_path(sel.model)
+    with no_checkpointing_notice():
+        sel.model.save_pretrained(folder)
+    return True
+
+
+def merged_model(sel: Selection) -> torch.nn.Module:
+    """The selection's model as a plain transformers model: LoRA adapters merged into the base weights (in place:
+    the selection is spent), any other kind as it is (its parameters were trained in place)."""
+    if hasattr(sel.model, "merge_and_unload"):
+        with no_checkpointing_notice():
+            return sel.model.merge_and_unload()
+    return sel.model
 
 
 def trainable_state(sel: Selection) -> dict[str, torch.Tensor]:

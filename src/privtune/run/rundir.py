@@ -5,12 +5,13 @@ out_dir/
   metrics.jsonl      one line per logged step (released or public quantities only)
   transcript.jsonl   per step: public seeds and released scalars/signs — enough to rebuild the model
   privacy.json       the privacy ledger (written only by run.ledger, through `RunDir.privacy`)
-  eval.json          accuracy on the public eval split; eval_<split>.json: `privtune eval RUN --split`
+  eval.json          accuracy on the public eval split (`privtune eval` writes only where --out says)
   engine.json        the resolved z backend (train.z_kernel: torch | triton); resume and replay use the same one
   canaries.json      audit mode (task.canaries): the canaries and which of them went into the pool
   audit.json         `privtune audit`'s result
   state/             resume state: trainable-<step>.safetensors + state.json (pointer, written last)
-  model/             final trainable weights (trainable.safetensors) + manifest.json
+  model/             final trainable weights (trainable.safetensors, under the model's parameter names) +
+                     manifest.json; a LoRA run also writes adapter/, a standard peft adapter folder
   tb/                TensorBoard mirror of metrics.jsonl (train.tensorboard)
 
 Every write is atomic (privtune.atomic); the JSONL files are appended with fsync. What the run's secret key and
@@ -35,7 +36,7 @@ CONFIG, METRICS, TRANSCRIPT, PRIVACY, EVAL = "config.yaml", "metrics.jsonl", "tr
 ENGINE, CANARIES, AUDIT = "engine.json", "canaries.json", "audit.json"
 STATE_DIR, MODEL_DIR, TB_DIR = "state", "model", "tb"
 STATE = "state.json"  # in state/: the checkpoint pointer
-WEIGHTS, MANIFEST = "trainable.safetensors", "manifest.json"  # in model/
+WEIGHTS, MANIFEST, ADAPTER_DIR = "trainable.safetensors", "manifest.json", "adapter"  # in model/
 Z_KERNELS = ("torch", "triton")
 
 
@@ -61,10 +62,8 @@ class RunDir:
     state = property(lambda self: self.path / STATE_DIR / STATE)
     model_dir = property(lambda self: self.path / MODEL_DIR)
     weights = property(lambda self: self.path / MODEL_DIR / WEIGHTS)
+    adapter_dir = property(lambda self: self.path / MODEL_DIR / ADAPTER_DIR)  # runs before it existed have none
     tb_dir = property(lambda self: self.path / TB_DIR)
-
-    def split_eval(self, split: str) -> Path:
-        return self.path / f"eval_{split}.json"
 
     # ---------------------------------------------------------------------------------- open, check, create
     @classmethod
@@ -192,10 +191,15 @@ class RunDir:
         return max(times, default=self.path.stat().st_mtime)
 
     # -------------------------------------------------------------------------------------------- model/
-    def save_model(self, tensors: dict[str, torch.Tensor], manifest: dict) -> None:
-        """model/ (weights + manifest), built beside it and renamed into place: a reader never sees half of it."""
+    def save_model(self, tensors: dict[str, torch.Tensor], manifest: dict,
+                   adapter: Callable[[Path], bool] | None = None) -> None:
+        """model/ (weights + manifest), built beside it and renamed into place: a reader never sees half of it.
+        `adapter(folder)` may write a standard adapter folder at model/adapter/ (True when it did); the manifest then
+        names it. trainable.safetensors stays the weights privtune itself reads (eval, replay --verify, export)."""
         with A.atomic_dir(self.model_dir, replace=True) as tmp:
             A.atomic_save_tensors(tmp / WEIGHTS, tensors, metadata={"format": "privtune"})
+            if adapter is not None and adapter(tmp / ADAPTER_DIR):
+                manifest = {**manifest, "adapter": ADAPTER_DIR}
             A.atomic_write_json(tmp / MANIFEST, manifest)
 
     def final_weights(self) -> Path:

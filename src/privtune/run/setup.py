@@ -14,7 +14,7 @@ from .. import tblog
 from ..data import CANARY_TEMPLATE, Task, balanced_pool, load_task, make_canaries, render
 from ..errors import ConfigError
 from ..models import LoadedModel, load_model, resolve_device
-from ..trainable import LoraSpec, Selection, select, trainable_state
+from ..trainable import LoraSpec, Selection, save_adapter, select, trainable_state
 from ..zo import kernels as Z
 from ..zo.engine import ZOEngine
 from ..zo.forward import Encoded
@@ -114,8 +114,8 @@ def model_manifest(setup: Setup) -> dict:
 
 
 def save_model(run, setup: Setup) -> None:
-    """The run dir's model/: the trainable weights as they are now, and their manifest."""
-    run.save_model(trainable_state(setup.sel), model_manifest(setup))
+    """The run dir's model/: the trainable weights as they are now, their manifest, and for LoRA a peft adapter."""
+    run.save_model(trainable_state(setup.sel), model_manifest(setup), adapter=lambda d: save_adapter(setup.sel, d))
 
 
 def emit(callback: Callback | None, event: dict) -> None:
