@@ -7,6 +7,7 @@ validation problem becomes a one-line `ConfigError` that starts with the dotted 
 
 from __future__ import annotations
 
+import difflib
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal, Sequence, Union
 
@@ -118,7 +119,34 @@ def run_model(methods: Sequence[type[MethodCfg]]) -> type[BaseModel]:
     return _RUN_MODELS[key]
 
 
-def _fmt(err: ValidationError, names: set[str]) -> str:
+def _did_you_mean(run: type[BaseModel], loc: tuple, methods: Sequence[type[MethodCfg]]) -> str:
+    """"; did you mean method.lr?" for an unknown key at `loc` (pydantic's, the method tag included) close to a key
+    its section has (difflib), else ""."""
+    by_name = {cls.model_fields["name"].default: cls for cls in methods}
+    node, shown = run, []
+    *path, wrong = loc
+    for part in path:
+        if node is by_name and part in by_name:  # the discriminated union's tag: not a key the user wrote
+            node = by_name[part]
+            continue
+        field = node.model_fields.get(part) if isinstance(node, type) else None
+        if field is None:
+            return ""
+        shown.append(str(part))
+        if node is run and part == "method":
+            node = by_name if len(methods) > 1 else methods[0]
+        elif isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel):
+            node = field.annotation
+        else:
+            return ""
+    if not isinstance(node, type):
+        return ""
+    close = difflib.get_close_matches(str(wrong), list(node.model_fields), n=1, cutoff=0.6)
+    return f"; did you mean {'.'.join([*shown, close[0]])}?" if close else ""
+
+
+def _fmt(err: ValidationError, methods: Sequence[type[MethodCfg]]) -> str:
+    names = {cls.model_fields["name"].default for cls in methods}
     e = err.errors()[0]
     parts = list(e["loc"])
     if len(parts) > 1 and parts[0] == "method" and parts[1] in names:
@@ -132,7 +160,7 @@ def _fmt(err: ValidationError, names: set[str]) -> str:
             return text
         msg = text
     if e["type"] == "extra_forbidden":
-        msg = "unknown key"
+        msg = "unknown key" + _did_you_mean(run_model(methods), tuple(e["loc"]), methods)
     elif e["type"] == "union_tag_invalid":
         msg = f"unknown method {e.get('input', {}).get('name') if isinstance(e.get('input'), dict) else ''!r}; known: {sorted(names)}"
     elif "input" in e and not isinstance(e["input"], (dict, list)):
@@ -200,10 +228,13 @@ def load_yaml(path: str | Path) -> dict:
 
 def build(data: dict, methods: Sequence[type[MethodCfg]]):
     """The run config of `data`, its method section one of `methods` (privtune.methods.build_config passes all)."""
+    method = data.get("method") if isinstance(data, dict) else None
+    if isinstance(method, dict) and "name" not in method:  # `method.lr=…` on the defaults: the default method's lr
+        data = {**data, "method": {"name": methods[0].model_fields["name"].default, **method}}
     try:
         return run_model(methods).model_validate(data)
     except ValidationError as e:
-        raise ConfigError(_fmt(e, {cls.model_fields["name"].default for cls in methods})) from None
+        raise ConfigError(_fmt(e, methods)) from None
 
 
 def load(path: str | Path | None, overrides: list[str], methods: Sequence[type[MethodCfg]]):

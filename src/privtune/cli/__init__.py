@@ -10,12 +10,28 @@ import logging
 
 import typer
 
-from . import audit, offsite, privacy, train
+from .. import __version__
+from . import audit, config, offsite, privacy, train
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Private post-training of language models.")
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"privtune {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                       help="print privtune's version and exit")):
+    """Private post-training of language models."""
+
+
+app.add_typer(config.app, name="config")
 app.add_typer(privacy.app, name="privacy")
 app.add_typer(offsite.app, name="offsite")
-train.register(app)  # train, eval, replay, forget
+train.register(app)  # train, eval, export, replay, forget
 audit.register(app)  # audit, report
 
 

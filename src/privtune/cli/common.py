@@ -34,6 +34,9 @@ class Progress:
         if kind == "status":
             typer.echo(ev["message"], err=True)
         elif kind == "start":
+            self.desc = ev.get("method", self.desc)  # the run's own method: a resume's label comes from its run dir
+            if ev.get("resumed"):
+                typer.echo(f"resuming {ev.get('out_dir', 'the run')} from step {ev['step']} of {ev['steps']}", err=True)
             self.bar = tqdm(total=ev["steps"], initial=ev["step"], desc=self.desc, unit="step", dynamic_ncols=True,
                             file=sys.stderr)
         elif kind == "step" and self.bar is not None:

@@ -6,7 +6,8 @@ A method's `step(t)` returns a `Release`: the updates (direction seed, coefficie
 
 Shared code asks a method class, never a method name, for what differs between methods: whether it holds a secret,
 whether it runs under torchrun, the membership game its guarantee covers (the audit), the secret subset a known
-secret selects (the audit), its display name and frontier line (the report), and the learning rate it records.
+secret selects (the audit), its display name and frontier line (the report), the learning rate it records, and how
+its guarantee reads in the summary line at the end of a run.
 """
 
 from __future__ import annotations
@@ -176,6 +177,21 @@ class Method:
     def mechanism_of(cls, method_cfg: dict) -> str:
         """The frontier line of a run with this config section (a dict from its config.yaml)."""
         return cls.name
+
+    @classmethod
+    def guarantee_line(cls, privacy: dict) -> str:
+        """The run's guarantee in a few words, from its privacy.json (the summary line at the end of privtune
+        train): (ε, δ)-DP or PAC's MI bound, and the membership-inference posterior bound they imply."""
+        if privacy.get("guarantee") in (None, "none"):
+            return "no privacy guarantee"
+        if privacy.get("epsilon") is not None:
+            what = f"(ε={privacy['epsilon']:.3g}, δ={privacy.get('delta') or 0:g})-DP"
+        elif privacy.get("mi_nats") is not None:
+            what = f"PAC privacy, I ≤ {privacy['mi_nats']:.4g} nats"
+        else:
+            what = str(privacy["guarantee"])
+        post = privacy.get("mia_posterior_bound")
+        return what if post is None else f"{what}, MIA posterior ≤ {post:.3f}"
 
     @classmethod
     def label_of(cls, method_cfg: dict) -> str:

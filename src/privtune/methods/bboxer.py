@@ -266,6 +266,14 @@ class BBoxER(Method):
                             f"vacuous (posterior 1) once b >= 1 bit"),
         }
 
+    @classmethod
+    def guarantee_line(cls, privacy: dict) -> str:
+        # its mi_nats (b·ln 2) bounds the output's dependence on the scoring set, and is vacuous once b >= 1 bit:
+        # the summary must not read as a privacy guarantee
+        bound = privacy.get("generalization_bound")
+        gap = "" if bound is None else f" (train − test gap ≤ {bound:.3g})"
+        return f"generalization bound{gap}, not a privacy guarantee"
+
     def final_fields(self, final_eval: dict) -> dict:
         """The observed generalization gap of the output: scoring-set accuracy − eval accuracy (one aggregate
         number per set, released for reporting beyond the b bits)."""

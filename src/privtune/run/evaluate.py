@@ -20,7 +20,7 @@ def evaluate_setup(setup: Setup) -> dict:
     return {"accuracy": acc, "correct": correct, "total": len(setup.evalset)}
 
 
-def _score(cfg, split: str, weights: dict | None = None, callback=None) -> dict:
+def _score(cfg, split: str, weights: dict | None = None, callback=None, data: str | Path | None = None) -> dict:
     if split not in SPLITS:
         raise ConfigError(f"split: {split!r} is not one of {sorted(SPLITS)}")
     setup = prepare(cfg, need_pool=False, need_eval=False)
@@ -30,28 +30,44 @@ def _score(cfg, split: str, weights: dict | None = None, callback=None) -> dict:
     if cfg.task.eval_limit:
         examples = examples[: cfg.task.eval_limit]
     if callback is not None:
-        callback({"event": "status", "message": f"encoding {len(examples)} {split} examples"})
-    data = encode_examples(setup, examples)
-    acc, correct = accuracy(setup.engine, data, callback=callback)
+        callback({"event": "status", "message": f"encoding {len(examples)} {'' if data else split + ' '}examples"})
+    encoded = encode_examples(setup, examples)
+    acc, correct = accuracy(setup.engine, encoded, callback=callback)
+    where = {"split": split} if data is None else {"split": "data", "data": str(data)}
     return {"accuracy": acc, "correct": correct, "total": len(examples), "model": cfg.model.name,
-            "task": cfg.task.name, "split": split, "template": setup.task.template, "verbalizer": setup.task.verbalizer}
+            "task": cfg.task.name, **where, "template": setup.task.template, "verbalizer": setup.task.verbalizer}
 
 
-def evaluate_run(run_dir: str | Path, split: str = "dev", limit: int | None = None, callback=None) -> dict:
-    """`callback` gets progress events: a status line, then {"event": "score", "done", "total"} per micro-batch."""
+def _on_file(task: dict, data: str | Path | None, limit: int | None) -> dict:
+    """The task section with `data` (a user's file, read as a custom task's) as its examples, and its eval_limit
+    `limit` (the run's own eval_limit cut its dev set, not the user's file)."""
+    if data is not None:
+        task = {**task, "train_path": str(data), "eval_path": str(data), "eval_limit": limit}
+    elif limit is not None:
+        task = {**task, "eval_limit": limit}
+    return task
+
+
+def evaluate_run(run_dir: str | Path, split: str = "dev", limit: int | None = None, callback=None,
+                 data: str | Path | None = None) -> dict:
+    """Accuracy of a finished run's model on its task's `split`, or on the file `data` (same formats, columns,
+    labels, template and verbalizer as the run's task). Writes nothing (the CLI's --out does).
+    `callback` gets progress events: a status line, then {"event": "score", "done", "total"} per micro-batch."""
     run = RunDir.open(run_dir)
     run.final_weights()  # before the (slow) setup: a run that has not finished says so at once
-    data = run.load_config_dict()
-    if limit is not None:
-        data.setdefault("task", {})["eval_limit"] = limit  # default: the run's own eval set
-    result = {"run_dir": str(run.path), **_score(build_config(data), split, run.load_final_weights(), callback)}
-    run.write_record(run.split_eval(split), result)
-    return result
+    cfg = run.load_config_dict()
+    cfg["task"] = _on_file(cfg.get("task") or {}, data, limit)
+    return {"run_dir": str(run.path), **_score(build_config(cfg), "eval" if data else split,
+                                               run.load_final_weights(), callback, data)}
 
 
 def evaluate_base(model: str, task: str, split: str = "dev", limit: int | None = None, template: str | None = None,
-                  verbalizer: list[str] | None = None, device: str = "auto", callback=None) -> dict:
-    cfg = build_config({"model": {"name": model, "device": device},
-                        "task": {"name": task, "template": template, "verbalizer": verbalizer, "eval_limit": limit},
+                  verbalizer: list[str] | None = None, device: str = "auto", callback=None,
+                  data: str | Path | None = None, label_names: list[str] | None = None) -> dict:
+    """Zero-shot accuracy of a base model (or an exported folder) on `task`'s split, or on the file `data` (task
+    "custom": give template and verbalizer, and label_names when the file's labels are names)."""
+    section = _on_file({"name": task, "template": template, "verbalizer": verbalizer, "label_names": label_names},
+                       data, limit)
+    cfg = build_config({"model": {"name": model, "device": device}, "task": section,
                         "trainable": {"kind": "norms"}, "train": {"prefix_cache": False}})
-    return _score(cfg, split, callback=callback)
+    return _score(cfg, "eval" if data else split, callback=callback, data=data)

@@ -99,7 +99,9 @@ def _train(cfg, resume: bool, callback: Callback | None) -> dict:
 
     if w.secret_source == "fixed":  # once the run has really started (a run that fails to start says only why)
         emit({"event": "warning", "message": AUDIT_MODE_WARNING})
-    emit({"event": "start", "step": start, "steps": steps, "out_dir": str(run.path)})
+    # the method and resume point of the run as saved (on resume the caller's config may be only a placeholder)
+    emit({"event": "start", "step": start, "steps": steps, "out_dir": str(run.path), "method": cfg.method.name,
+          "resumed": resume})
     t0 = time.time()
     # A step's wall time and traffic grow with secret work (a Poisson batch's size): a method with a secret releases
     # neither per step, only the total wall time in eval.json (methods.TIMING_RESIDUAL).
