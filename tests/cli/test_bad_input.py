@@ -26,6 +26,7 @@ def bad_file(tmp_path, name, content: bytes):
 
 CASES = {
     "unknown_key": (["method.lrr=0.1"], "method.lrr"),
+    "misspelt_key": (["train.step=5"], "train.step: unknown key; did you mean train.steps?"),
     "unknown_section": (["foo.bar=1"], "foo"),
     "wrong_type": (["train.steps=abc"], "train.steps"),
     "negative_lr": (["method.lr=-1"], "method.lr"),
