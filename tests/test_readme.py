@@ -69,3 +69,34 @@ def test_python_example_runs(tmp_path, monkeypatch):
     exec(compile(blocks[0], "README.md", "exec"), scope)
     assert scope["result"]["steps"] == 20
     assert (tmp_path / "runs" / "api_demo" / "privacy.json").is_file()
+
+
+def _readme_commands() -> list[list[str]]:
+    """The `privtune ...` command lines of the README's bash blocks, split into words (comments dropped)."""
+    import shlex
+
+    out = []
+    for block in re.findall(r"```bash\n(.*?)```", _text(), flags=re.S):
+        for line in block.splitlines():
+            if line.startswith("privtune "):
+                out.append(shlex.split(line.split("  #")[0].split(" # ")[0]))
+    return out
+
+
+def test_readme_command_lines_name_real_commands_and_options():
+    """Every `privtune` line of the README names a command the CLI has, with options that command takes."""
+    import typer.main
+
+    from privtune.cli import app
+
+    group = typer.main.get_command(app)
+    lines = _readme_commands()
+    assert any(words[1] == "export" for words in lines) and any("--data" in words for words in lines)
+    for words in lines:
+        cmd, rest = group, words[1:]
+        while hasattr(cmd, "commands") and rest and rest[0] in cmd.commands:  # privtune privacy convert ...
+            cmd, rest = cmd.commands[rest[0]], rest[1:]
+        assert not hasattr(cmd, "commands"), f"not a command: {' '.join(words)}"
+        flags = {o for p in cmd.params for o in p.opts + p.secondary_opts}
+        unknown = [w for w in rest if w.startswith("-") and w not in flags]
+        assert not unknown, f"{' '.join(words)}: {unknown}"
