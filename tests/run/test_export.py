@@ -33,6 +33,7 @@ def _trained_logits(cfg) -> torch.Tensor:
         return sel.model(IDS).logits
 
 
+@pytest.mark.filterwarnings("ignore:.*is_gradient_checkpointing:FutureWarning")  # peft reads it on load
 def test_lora_run_writes_a_peft_adapter_that_loads_on_the_base(make_cfg):
     from peft import PeftModel
 
@@ -98,3 +99,19 @@ def test_export_refuses_an_unfinished_run_and_a_used_folder(make_cfg, tmp_path, 
     assert [p.name for p in used.iterdir()] == ["keep.txt"]
     with pytest.raises(PrivtuneError, match="not a privtune run directory"):
         export(tmp_path / "nothing", tmp_path / "e")
+
+
+@pytest.mark.filterwarnings("ignore:.*is_gradient_checkpointing:FutureWarning")  # peft reads it on load
+def test_adapter_records_a_folder_base_so_auto_peft_loads_both(make_cfg, tmp_path):
+    """A LoRA run on a local HF folder (here: an exported tiny run) records that folder as the adapter's base."""
+    from peft import AutoPeftModelForCausalLM
+
+    base_run = _run(make_cfg, "final_norm", out_dir=str(tmp_path / "base_run"))
+    folder = tmp_path / "base_hf"
+    export(base_run.out_dir, folder)
+    cfg = _run(make_cfg, "lora", **{"model.name": str(folder), "out_dir": str(tmp_path / "lora_run")})
+    adapter = R.RunDir(cfg.out_dir).adapter_dir
+    assert json.loads((adapter / "adapter_config.json").read_text())["base_model_name_or_path"] == str(folder)
+    with torch.no_grad():
+        loaded = AutoPeftModelForCausalLM.from_pretrained(adapter, local_files_only=True)(IDS).logits
+    torch.testing.assert_close(loaded, _trained_logits(cfg), rtol=0, atol=0)
