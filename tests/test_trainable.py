@@ -79,6 +79,12 @@ def test_a_head_kind_without_verbalizer_ids_is_refused():
         select(build_tiny(0).model, "head")
 
 
+def test_a_forward_for_other_label_words_than_the_head_is_refused():
+    lm, sel, _, _, verb = make("head")
+    with pytest.raises(ConfigError, match="^task.verbalizer:"):
+        ZOEngine(sel, list(reversed(verb)))
+
+
 # ---------------------------------------------------------------------------------------------------- logits
 @pytest.mark.parametrize("cache", [True, False])
 def test_untouched_head_gives_the_final_norm_logits_exactly(cache):
