@@ -55,7 +55,7 @@ class LoraCfg(Strict):
 
 
 class TrainableCfg(Strict):
-    kind: str = "lora"  # lora | full | norms | top_layers:K
+    kind: str = "lora"  # lora | full | norms | final_norm | head | head+final_norm | top_layers:K
     lora: LoraCfg = LoraCfg()
 
 

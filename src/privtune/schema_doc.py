@@ -44,7 +44,8 @@ MEANINGS = {
                      "task; SST-2: \"Review: {text}\\nSentiment:\")",
     "task.verbalizer": "one single-token word per label, in label order (usually with a leading space); default "
                        "per task (SST-2: [\" negative\", \" positive\"])",
-    "trainable.kind": "which parameters train: lora | full | norms | final_norm | top_layers:K",
+    "trainable.kind": "which parameters train: lora | full | norms | final_norm | head (the verbalizer's LM-head "
+                      "rows as their own parameter; the tied embedding stays frozen) | head+final_norm | top_layers:K",
     "trainable.lora.r": "LoRA rank (at most the model's hidden size)",
     "trainable.lora.alpha": "LoRA scale numerator (the update is scaled by alpha / r)",
     "trainable.lora.target_modules": "module names that get adapters",

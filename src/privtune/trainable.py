@@ -1,8 +1,13 @@
-"""Which parameters a run trains: `lora` | `full` | `top_layers:k` | `norms` | `final_norm`, and where the frozen
-prefix ends.
+"""Which parameters a run trains: `lora` | `full` | `top_layers:k` | `norms` | `final_norm` | `head` |
+`head+final_norm`, and where the frozen prefix ends.
 
 `select(model, spec)` returns the (possibly peft-wrapped) model, the ordered list of trainable (name, Parameter)
 and `first_trainable_layer`: every block below it (and the embedding) is frozen, so its output can be cached.
+
+`head` trains the verbalizer rows of the LM head as their own parameter (`verbalizer_head.weight`, [n_labels,
+hidden], a bias-free Linear attached to the model), initialised from the (usually tied) LM-head rows of the
+verbalizer tokens. The embedding / LM-head matrix itself stays frozen and untouched: a tied model's input
+embedding must not move when only its scoring rows are meant to.
 """
 
 from __future__ import annotations
@@ -52,27 +57,43 @@ def _layer_of(name: str) -> int | None:
     return int(m.group(1)) if m else None
 
 
+HEAD = "verbalizer_head"  # the module the head kinds attach to the model; saved as "verbalizer_head.weight"
+HEAD_KINDS = ("head", "head+final_norm")
+
+
 def _cache_boundary(name: str, n_layers: int) -> int:
-    """Index of the first block whose input this parameter can change (n_layers for the final norm)."""
+    """Index of the first block whose input this parameter can change (n_layers for the final norm and the
+    verbalizer head, which only read the last block's output)."""
     layer = _layer_of(name)
     if layer is not None:
         return layer
-    return n_layers if name.endswith("model.norm.weight") else 0  # embedding / head / unknown: nothing cacheable
+    if name.endswith("model.norm.weight") or name == f"{HEAD}.weight":
+        return n_layers
+    return 0  # embedding / tied LM head / unknown: nothing cacheable
 
 
 def parse_kind(kind: str) -> tuple[str, int | None]:
-    if kind in ("lora", "full", "norms", "final_norm"):
+    if kind in ("lora", "full", "norms", "final_norm") + HEAD_KINDS:
         return kind, None
     m = re.fullmatch(r"top_layers:(\d+)", kind)
     if m and int(m.group(1)) >= 1:
         return "top_layers", int(m.group(1))
-    raise ConfigError(f"trainable.kind: {kind!r} is not one of lora, full, norms, final_norm, top_layers:K (K >= 1)")
+    raise ConfigError(f"trainable.kind: {kind!r} is not one of lora, full, norms, final_norm, head, head+final_norm, "
+                      "top_layers:K (K >= 1)")
 
 
-def select(model: torch.nn.Module, kind: str, lora: LoraSpec | None = None, seed: int = 0) -> Selection:
+def select(model: torch.nn.Module, kind: str, lora: LoraSpec | None = None, seed: int = 0,
+           verbalizer_ids: list[int] | None = None) -> Selection:
+    """`verbalizer_ids` (the label words' token ids, in label order) are needed only by the head kinds."""
     name, k = parse_kind(kind)
     base, layers = decoder_parts(model)
     n_layers = len(layers) if layers is not None else 0
+    if name in HEAD_KINDS:
+        if verbalizer_ids is None:
+            raise ValueError(f"select: trainable.kind {kind!r} needs the verbalizer's token ids")
+        attach_head(model, verbalizer_ids)
+    else:
+        detach_head(model)
     for p in model.parameters():
         p.requires_grad_(False)
 
@@ -85,6 +106,9 @@ def select(model: torch.nn.Module, kind: str, lora: LoraSpec | None = None, seed
         chosen = [(n, p) for n, p in model.named_parameters() if p.ndim == 1 and "norm" in n]
     elif name == "final_norm":  # the final norm's gain vector: every block is frozen and cacheable
         chosen = [(n, p) for n, p in model.named_parameters() if n.endswith("model.norm.weight")]
+    elif name in HEAD_KINDS:  # the verbalizer rows (and the final norm's gain): every block is frozen and cacheable
+        chosen = [(n, p) for n, p in model.named_parameters()
+                  if n == f"{HEAD}.weight" or (name == "head+final_norm" and n.endswith("model.norm.weight"))]
     else:
         if layers is None:
             raise ConfigError("trainable.kind: top_layers needs a Llama-style model (model.layers); use lora or full")
@@ -101,6 +125,51 @@ def select(model: torch.nn.Module, kind: str, lora: LoraSpec | None = None, seed
 
     first_layer = min(_cache_boundary(n, n_layers) for n, _ in chosen) if layers is not None else 0
     return Selection(model, chosen, first_layer, kind)
+
+
+def verbalizer_head(model: torch.nn.Module) -> torch.nn.Linear | None:
+    """The trained verbalizer head a head kind attached to `model`, if any."""
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    head = getattr(inner, HEAD, None)
+    return head if isinstance(head, torch.nn.Linear) else None
+
+
+def detach_head(model: torch.nn.Module) -> None:
+    """Remove a verbalizer head (and its LM-head hook) an earlier selection attached: the model scores as before."""
+    head = verbalizer_head(model)
+    if head is not None:
+        head.privtune_hook.remove()
+        inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+        delattr(inner, HEAD)
+
+
+def attach_head(model: torch.nn.Module, verbalizer_ids: list[int]) -> torch.nn.Linear:
+    """Attach `verbalizer_head`: a bias-free Linear(hidden → n_labels) whose rows start as copies of the LM-head
+    rows of the verbalizer tokens. A plain Linear (not a bare tensor) so that every path sees it the same way: the
+    ZO engine's module hooks perturb it, Opacus computes its per-example gradients, and a hook on the LM head puts
+    its rows in place of the verbalizer columns of the model's own full-vocabulary logits (the audit's token
+    statistics, a model without the Llama layout), so the model scores exactly what the trained head says."""
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    out = inner.get_output_embeddings()
+    if out is None:
+        raise ConfigError("trainable.kind: head needs a model with an LM head (get_output_embeddings)")
+    detach_head(model)  # selecting again on the same model: start over from the frozen rows
+    w = out.weight
+    ids = [int(i) for i in verbalizer_ids]
+    head = torch.nn.Linear(w.shape[1], len(ids), bias=False, device=w.device, dtype=w.dtype)
+    with torch.no_grad():
+        head.weight.copy_(w[torch.tensor(ids, device=w.device)])
+    head.verbalizer_ids = ids
+    inner.add_module(HEAD, head)
+    verb = torch.tensor(ids, dtype=torch.long, device=w.device)
+
+    def override(module, args, logits):
+        # the LM head's input is the final-normed hidden state; the verbalizer columns come from the trained rows
+        rows = head(args[0]).to(logits.dtype)
+        return logits.index_copy(-1, verb, rows)
+
+    head.privtune_hook = out.register_forward_hook(override)
+    return head
 
 
 def _wrap_lora(model, spec: LoraSpec, n_layers: int, seed: int):

@@ -47,13 +47,16 @@ class Config(StepCfg, BatchCfg, dpzero.DPCfg):
 
 
 class _Suffix(torch.nn.Module):
-    """The modules a DP step differentiates through (the blocks above the frozen-prefix cache and the final norm),
-    registered under one parent so that opacus.GradSampleModule hooks every one owning a trainable parameter."""
+    """The modules a DP step differentiates through (the blocks above the frozen-prefix cache, the final norm and a
+    trained verbalizer head), registered under one parent so that opacus.GradSampleModule hooks every one owning a
+    trainable parameter."""
 
     def __init__(self, forward):
         super().__init__()
         self.blocks = torch.nn.ModuleList(forward.layers[forward.cache_layer:])
         self.norm = forward.base.norm
+        if forward.verbalizer_head is not None:
+            self.head = forward.verbalizer_head
 
 
 class DPSGD(dpzero.DPZero):

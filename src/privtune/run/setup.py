@@ -14,7 +14,7 @@ from .. import tblog
 from ..data import CANARY_TEMPLATE, Task, balanced_pool, load_task, make_canaries, render
 from ..errors import ConfigError
 from ..models import LoadedModel, load_model, resolve_device
-from ..trainable import LoraSpec, Selection, save_adapter, select, trainable_state
+from ..trainable import HEAD_KINDS, LoraSpec, Selection, parse_kind, save_adapter, select, trainable_state
 from ..zo import kernels as Z
 from ..zo.engine import ZOEngine
 from ..zo.forward import Encoded
@@ -43,11 +43,16 @@ def build_task(cfg) -> Task:
                      verbalizer=t.verbalizer, eval_limit=t.eval_limit)
 
 
-def build_model(cfg) -> tuple[LoadedModel, Selection]:
+def build_model(cfg, task: Task | None = None) -> tuple[LoadedModel, Selection]:
+    """The model and its trainable set. The head kinds train the verbalizer's rows, so they need the task's label
+    words (`task`, or the config's task loaded here)."""
     lm = load_model(cfg.model.name, seed=cfg.model.seed, dtype=cfg.model.dtype, device=cfg.model.device)
     lo = cfg.trainable.lora
+    verb = None
+    if parse_kind(cfg.trainable.kind)[0] in HEAD_KINDS:
+        verb = lm.codec.verbalizer_ids((task if task is not None else build_task(cfg)).verbalizer)
     sel = select(lm.model, cfg.trainable.kind, LoraSpec(lo.r, lo.alpha, list(lo.target_modules), lo.layers),
-                 seed=cfg.train.seed)
+                 seed=cfg.train.seed, verbalizer_ids=verb)
     return lm, sel
 
 
@@ -70,7 +75,7 @@ def prepare(cfg, *, need_pool: bool = True, need_eval: bool = True, callback: Ca
     task = build_task(cfg)
     if cfg.train.tensorboard and need_pool:  # only training writes the mirror; eval and replay of a run do not
         tblog.require()
-    lm, sel = build_model(cfg)
+    lm, sel = build_model(cfg, task)
     verb = lm.codec.verbalizer_ids(task.verbalizer)
     n_labels = max(ex.label for ex in task.train + task.eval) + 1
     if n_labels > len(verb):

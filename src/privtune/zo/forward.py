@@ -30,7 +30,8 @@ import torch.nn.functional as F
 
 from ..atomic import atomic_write_bytes
 from ..paths import cache_dir
-from ..trainable import decoder_parts
+from ..errors import ConfigError
+from ..trainable import decoder_parts, verbalizer_head
 
 
 # ------------------------------------------------------------------------------------------------------- geometry
@@ -122,6 +123,13 @@ def last_position_logits(norm, h: torch.Tensor, weight: torch.Tensor, bias: torc
     return (lg + bias if bias is not None else lg).float()
 
 
+def head_logits(norm, h: torch.Tensor, head: torch.nn.Module, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """last_position_logits with a trained verbalizer head (trainable.kind head): the rows come from calling the
+    head module, so its hooks (ZO perturbation, Opacus) see it; F.linear is the same product x @ W.T."""
+    lg = head(norm(h[:, -1]))
+    return (lg + bias if bias is not None else lg).float()
+
+
 def length_sorted_chunks(ids: list[list[int]], idx, size: int) -> list[list[int]]:
     """Micro-batches of at most `size` of the examples `idx`, sorted by (length, index): little padding, and an
     order that depends only on the examples. Every chunk but the last is full, so the chunks of a union of whole
@@ -182,6 +190,11 @@ class Forward:
         inner = model.get_base_model() if hasattr(model, "get_base_model") else model
         head = inner.get_output_embeddings()
         self.head_weight, self.head_bias = head.weight, getattr(head, "bias", None)
+        # trainable.kind head: the verbalizer rows are a trained parameter of their own, in label order
+        self.verbalizer_head = verbalizer_head(model)
+        if self.verbalizer_head is not None and self.verbalizer_head.verbalizer_ids != [int(i) for i in verbalizer_ids]:
+            raise ConfigError("task.verbalizer: the trained verbalizer head was built for other label words "
+                              f"(token ids {self.verbalizer_head.verbalizer_ids}, not {list(verbalizer_ids)})")
         self.cache_layer = int(cache_layer) if self.base is not None else 0
         # The last block computed only at the last position: exact for Llama-style blocks (last_position_block).
         self.last_position_only = bool(self.layers is not None and type(self.layers[-1]).__name__ in _LAST_POS_OK)
@@ -276,6 +289,8 @@ class Forward:
         geos = [geometry(self.base.rotary_emb, attn, h0 if h0 is not None else self.base.embed_tokens.weight[:1, None])
                 if start < n_layers else None for h0, _, attn in starts]
         head = (self.head_weight,)  # a trainable head's perturbed tensor must outlive the blocks: the head runs last
+        if self.verbalizer_head is not None:
+            head += (self.verbalizer_head.weight,)
         states = []
         for d in directions:
             with perturbation.at(d):
@@ -291,6 +306,10 @@ class Forward:
         out = []
         for di, d in enumerate(directions):
             with perturbation.at(d):
+                if self.verbalizer_head is not None:  # the head's own rows (the LM head's bias rows stay frozen)
+                    b = self.head_bias[self.verb] if self.head_bias is not None else None
+                    out.append([head_logits(self.base.norm, h, self.verbalizer_head, b) for h in states[di]])
+                    continue
                 w = perturbation.value(self.head_weight)[self.verb]
                 b = perturbation.value(self.head_bias)[self.verb] if self.head_bias is not None else None
                 out.append([last_position_logits(self.base.norm, h, w, b) for h in states[di]])
