@@ -233,6 +233,19 @@ def merged_model(sel: Selection) -> torch.nn.Module:
     if hasattr(sel.model, "merge_and_unload"):
         with no_checkpointing_notice():
             return sel.model.merge_and_unload()
+    head = verbalizer_head(sel.model)
+    if head is not None:  # the trained rows go into an LM head of its own: the (tied) embedding keeps its rows
+        model = sel.model
+        out = model.get_output_embeddings()
+        untied = torch.nn.Linear(out.weight.shape[1], out.weight.shape[0], bias=False, device=out.weight.device,
+                                 dtype=out.weight.dtype)
+        with torch.no_grad():
+            untied.weight.copy_(out.weight)
+            untied.weight[torch.tensor(head.verbalizer_ids, device=out.weight.device)] = head.weight
+        detach_head(model)
+        model.set_output_embeddings(untied)
+        model.config.tie_word_embeddings = False
+        return model
     return sel.model
 
 

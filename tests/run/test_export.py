@@ -50,7 +50,7 @@ def test_lora_run_writes_a_peft_adapter_that_loads_on_the_base(make_cfg):
     torch.testing.assert_close(loaded, trained, rtol=0, atol=0)  # ... and peft rebuilds exactly that model
 
 
-@pytest.mark.parametrize("kind", ["lora", "top_layers:2"])
+@pytest.mark.parametrize("kind", ["lora", "top_layers:2", "head", "head+final_norm"])
 def test_export_writes_a_transformers_folder_with_the_trained_weights(make_cfg, tmp_path, kind):
     from transformers import AutoModelForCausalLM
 
@@ -68,6 +68,10 @@ def test_export_writes_a_transformers_folder_with_the_trained_weights(make_cfg, 
     assert evaluate_base(str(out), "sst2", limit=40, device="cpu")["accuracy"] == \
         evaluate_run(cfg.out_dir, limit=40)["accuracy"]
     assert not (R.RunDir(cfg.out_dir).adapter_dir.exists()) == (kind != "lora")
+    if kind.startswith("head"):  # the trained rows live in an untied LM head; the embedding keeps the base's rows
+        base = build_tiny(cfg.model.seed).model
+        assert torch.equal(model.get_input_embeddings().weight, base.get_input_embeddings().weight)
+        assert not torch.equal(model.get_output_embeddings().weight, base.get_output_embeddings().weight)
 
 
 def test_old_run_dir_without_adapter_still_evaluates_and_exports(make_cfg, tmp_path):
