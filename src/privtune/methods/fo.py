@@ -31,7 +31,8 @@ Beta = Annotated[float, Field(ge=0, lt=1)]
 class Config(StepCfg, BatchCfg):
     name: Literal["fo"] = "fo"
     lr: PosFloat = 1e-3
-    betas: tuple[Beta, Beta] = (0.9, 0.999)  # AdamW's moment decay rates (β₁, β₂)
+    beta1: Beta = 0.9  # AdamW's decay rate of the gradient's running mean (β₁)
+    beta2: Beta = 0.999  # AdamW's decay rate of the squared gradient's running mean (β₂)
 
 
 class FirstOrder(Method):
@@ -47,7 +48,7 @@ class FirstOrder(Method):
         groups = [{"params": [p for p in self.params if p.ndim >= 2], "weight_decay": cfg.weight_decay},
                   {"params": [p for p in self.params if p.ndim < 2], "weight_decay": 0.0}]
         # foreach=False: one kernel per tensor, the same floats whatever the parameter grouping
-        self.opt = torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr, betas=tuple(cfg.betas),
+        self.opt = torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
                                      foreach=False)
 
     # ------------------------------------------------------------------------------------------------- step
