@@ -35,13 +35,22 @@ from .run.rundir import RunDir
 # a bound on the generalization gap only (BBoxER), whose MI figure is vacuous and must not read as privacy.
 PRIVACY, NO_GUARANTEE, GENERALIZATION = "privacy", "none", "generalization"
 NOT_PRIVACY = "generalization bound, not a privacy guarantee"
-# Frontier lines that are no method: the untrained model (floor) and a first-order fine-tune (ceiling), sweep rows only.
-BASELINES = ("zero-shot", "fo")
+# The frontier line that is no method: the untrained model (the floor), a sweep row or each run's step-0 eval.
+ZERO_SHOT = "zero-shot"
 # Every frontier line (a method's mechanism, as sweep rows name them) → (display name, guarantee), from the registry.
-MECHANISMS = {name: (name, "none") for name in BASELINES}
+MECHANISMS = {ZERO_SHOT: (ZERO_SHOT, "none")}
+# A method's lines → how the report draws them (Method.frontier_role: None, a point; "ceiling", a horizontal line).
+ROLES: dict[str, str | None] = {}
 for _cls in M.method_classes():
     MECHANISMS.update(_cls.mechanisms())
+    ROLES.update(dict.fromkeys(_cls.mechanisms(), _cls.frontier_role))
 NAMES = {k: display for k, (display, _) in MECHANISMS.items()}
+CEILING = "ceiling"
+
+
+def is_ceiling(point: dict) -> bool:
+    """A frontier point drawn as the ceiling (its method's frontier_role), not as a point on the frontier."""
+    return ROLES.get(point["mechanism"]) == CEILING
 # Config fields that set a mechanism's privacy level: points whose configs differ only in these lie on one line.
 LEVEL_FIELDS = ("method.epsilon", "method.noise_multiplier", "method.delta", "method.budget")
 # Task fields that change what is trained on, not what eval accuracy measures: runs differing in them share a panel.
@@ -346,7 +355,7 @@ class Panel:
     model: str
     detail: str  # the non-default task fields (prompt, data files, eval limit): what else identifies the eval
     source: str  # "runs", or the sweep file's name
-    points: list[dict]  # frontier points (zero-shot excluded; fo kept: it is drawn as the ceiling)
+    points: list[dict]  # frontier points (zero-shot excluded; a ceiling method's kept: it is drawn as the ceiling)
     runs: list[RunInfo] = field(default_factory=list)
     floor: dict | None = None  # zero-shot accuracy: {"accuracy", "accuracy_std", "seeds", "note"}
 
@@ -357,7 +366,7 @@ class Panel:
 
     @property
     def ceiling(self) -> list[dict]:
-        return [p for p in self.points if p["mechanism"] == "fo"]
+        return [p for p in self.points if is_ceiling(p)]
 
 
 def _task_detail(task: dict) -> str:
@@ -395,11 +404,11 @@ def make_panels(runs: list[RunInfo], sweeps: list[Sweep]) -> list[Panel]:
     panels.sort(key=lambda p: (p.task, p.model, p.detail))  # a task's default prompt before its variants
     for s in sweeps:
         pts = sweep_points(s)
-        zero = [p for p in pts if p["mechanism"] == "zero-shot"]
+        zero = [p for p in pts if p["mechanism"] == ZERO_SHOT]
         floor = ({"accuracy": zero[0]["accuracy"], "accuracy_std": zero[0]["accuracy_std"],
                   "seeds": zero[0]["seeds"], "note": "the sweep's zero-shot row"} if zero else None)
         panels.append(Panel(task=s.task, model=s.model, detail="", source=s.path.name,
-                            points=[p for p in pts if p["mechanism"] != "zero-shot"], floor=floor))
+                            points=[p for p in pts if p["mechanism"] != ZERO_SHOT], floor=floor))
     return panels
 
 
@@ -417,7 +426,7 @@ def _line_styles(panel: Panel) -> dict[str, tuple[str, str]]:
     import matplotlib.pyplot as plt
 
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    names = sorted({p["line"] for p in panel.points if p["mechanism"] != "fo"},
+    names = sorted({p["line"] for p in panel.points if not is_ceiling(p)},
                    key=lambda n: (min(p["bound"] for p in panel.points if p["line"] == n), n))
     return {n: (colors[i % len(colors)], MARKERS[i % len(MARKERS)]) for i, n in enumerate(names)}
 
@@ -614,7 +623,7 @@ def _points_table(panel: Panel) -> str:
         body.append(f'<tr class="floor"><td>zero-shot (floor)</td><td colspan="2" class="text">trains on nothing: '
                     f'no data to leak</td><td>{f["accuracy"]:.4f}{sd}{n}</td><td>—</td><td>—</td></tr>')
     order = {PRIVACY: 0, GENERALIZATION: 1, NO_GUARANTEE: 2}
-    for p in sorted(panel.points, key=lambda p: (p["mechanism"] == "fo", order[p["kind"]], p["bound"], p["label"])):
+    for p in sorted(panel.points, key=lambda p: (is_ceiling(p), order[p["kind"]], p["bound"], p["label"])):
         if p["kind"] == PRIVACY:
             sd = f" ± {p['bound_std']:.4f}" if p["bound_std"] else ""
             privacy = f"<td>{p['bound']:.4f}{sd}</td><td class=\"text\">{_guarantee_text(p)}</td>"
@@ -625,7 +634,7 @@ def _points_table(panel: Panel) -> str:
         acc = f"{p['accuracy']:.4f} ± {p['accuracy_std']:.4f}{n}" if p["accuracy_std"] else f"{p['accuracy']:.4f}{n}"
         gain = f"{(p['accuracy'] - f['accuracy']) * 100:+.1f} points" if f else "—"
         t = "—" if p["time_s"] is None else f"{p['time_s']:.1f}"
-        tag = ' class="ceiling"' if p["mechanism"] == "fo" else ""
+        tag = ' class="ceiling"' if is_ceiling(p) else ""
         body.append(f"<tr{tag}><td>{html.escape(p['label'])}</td>{privacy}<td>{acc}</td><td>{gain}</td>"
                     f"<td>{t}</td></tr>")
     return (f'<div class="table-box"><table class="points"><thead><tr>{head}</tr></thead><tbody>\n'
@@ -637,9 +646,11 @@ def _caption(panel: Panel) -> str:
     floor = (f"Dashed: the zero-shot floor, {f['accuracy']:.2%} ({html.escape(f['note'])})." if f else
              "No zero-shot floor: " + ("no run here recorded eval.json initial_accuracy." if panel.source == "runs"
                                        else "the sweep has no zero-shot row."))
-    ceiling = ("Dotted: the fo ceiling, non-private first-order training (AdamW) of the same trainable set, what "
-               "a user would run without a guarantee." if panel.ceiling else
-               "No fo ceiling: no fo " + ("run" if panel.source == "runs" else "row") + " in this panel.")
+    labels = sorted({p["label"] for p in panel.ceiling})
+    ceiling_methods = " / ".join(sorted(m for m, role in ROLES.items() if role == CEILING))
+    ceiling = (f"Dotted: the {html.escape(' / '.join(labels))} ceiling, non-private training of the same trainable "
+               "set, what a user would run without a guarantee." if panel.ceiling else
+               f"No ceiling: no {ceiling_methods} " + ("run" if panel.source == "runs" else "row") + " in this panel.")
     return (
         "x: the proven MIA posterior bound, the largest success probability of a membership-inference attacker "
         "facing a fair coin — lower is more private, 0.5 means the attacker cannot beat a coin. y: eval accuracy. "

@@ -12,12 +12,12 @@ from privtune import config as C
 from privtune import dist
 from privtune import methods as M
 from privtune.errors import ConfigError
-from privtune.methods import bboxer, dpsgd, dpzero, paczero
+from privtune.methods import bboxer, dpsgd, dpzero, fo, paczero
 from privtune.methods.base import BatchCfg, Method, StepCfg, register
 from privtune.run.keystore import SecretKey
 
 SRC = Path(__file__).resolve().parents[2] / "src" / "privtune"
-NAMES = ["mezo", "paczero", "dpzero", "dpzo", "dpsgd", "bboxer"]
+NAMES = ["mezo", "paczero", "dpzero", "dpzo", "dpsgd", "bboxer", "fo"]
 
 
 # ------------------------------------------------------------------------------------------------ the registry
@@ -98,6 +98,16 @@ def test_fields_that_are_used_are_kept():
         M.build_config({"method": {"name": "dpsgd", "epsilon": 2.0, "directions": 2}})
 
 
+def test_fo_has_no_zeroth_order_fields():
+    """fo is new: it never carried ZO fields, so they are unknown keys, not silently dropped legacy ones."""
+    assert not {"eps", "directions"} & set(fo.Config.model_fields)
+    assert {"lr", "weight_decay", "lr_schedule", "batch_size", "beta1", "beta2"} <= set(fo.Config.model_fields)
+    with pytest.raises(ConfigError, match=r"^method.eps: unknown key$"):
+        M.build_config({"method": {"name": "fo", "eps": 1e-3}})
+    with pytest.raises(ConfigError, match=r"^method.beta2"):
+        M.build_config({"method": {"name": "fo", "beta2": 1.0}})
+
+
 class _NoLegacy(bboxer.Config):
     unused = ()
 
@@ -109,8 +119,8 @@ def test_a_dropped_key_is_unknown_without_the_legacy_list():
 
 def test_batch_size_is_checked_once_at_the_edge():
     """batch_size > task.pool_size is a config error when the config is built, before any data is read."""
-    for name in ("mezo", "dpzero", "dpzo", "dpsgd"):
-        extra = {"epsilon": 2.0} if name != "mezo" else {}
+    for name in ("mezo", "dpzero", "dpzo", "dpsgd", "fo"):
+        extra = {"epsilon": 2.0} if name not in ("mezo", "fo") else {}
         with pytest.raises(ConfigError, match=r"^method.batch_size: 65 is larger than task.pool_size 64$"):
             M.build_config({"task": {"pool_size": 64}, "method": {"name": name, "batch_size": 65, **extra}})
         M.build_config({"task": {"pool_size": 64}, "method": {"name": name, "batch_size": 64, **extra}})
@@ -129,7 +139,7 @@ def test_learning_rate_hook():
 
 # ---------------------------------------------------------------------------------------------------- hooks
 def test_multi_process_hook_refuses_torchrun(monkeypatch):
-    assert [c.name for c in M.method_classes() if not c.multi_process] == ["dpsgd", "bboxer"]
+    assert [c.name for c in M.method_classes() if not c.multi_process] == ["dpsgd", "bboxer", "fo"]
 
     class Single(Method):
         name = "single"
@@ -145,6 +155,12 @@ def test_secret_and_threat_model_hooks():
     assert [c.name for c in M.method_classes() if c.needs_secret] == ["paczero", "dpzero", "dpzo", "dpsgd"]
     assert [c.name for c in M.method_classes() if c.threat_model == "secret-subset"] == ["paczero"]
     assert all(c.secret_subset(None, 0, 10, None) is None for c in M.method_classes() if c.name != "paczero")
+
+
+def test_frontier_role_hook():
+    """The report's ceiling is whichever method says so (fo), read from the class, not from its name."""
+    assert [c.name for c in M.method_classes() if c.frontier_role == "ceiling"] == ["fo"]
+    assert all(c.frontier_role is None for c in M.method_classes() if c.name != "fo")
 
 
 def test_the_audit_gets_j_from_the_method_own_derivation():

@@ -10,7 +10,7 @@ from pathlib import Path
 from .. import config as C
 from .base import (TIMING_RESIDUAL, Method, Release, config_classes, method_class, method_classes,  # noqa: F401
                    register)
-from . import mezo, paczero, dpzero, dpzo, dpsgd, bboxer  # noqa: F401,E402  (each registers itself; mezo first: the default)
+from . import mezo, paczero, dpzero, dpzo, dpsgd, bboxer, fo  # noqa: F401,E402  (each registers itself; mezo first: the default)
 
 
 def run_model():

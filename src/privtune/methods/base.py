@@ -6,8 +6,8 @@ A method's `step(t)` returns a `Release`: the updates (direction seed, coefficie
 
 Shared code asks a method class, never a method name, for what differs between methods: whether it holds a secret,
 whether it runs under torchrun, the membership game its guarantee covers (the audit), the secret subset a known
-secret selects (the audit), its display name and frontier line (the report), the learning rate it records, and how
-its guarantee reads in the summary line at the end of a run.
+secret selects (the audit), its display name, frontier line and frontier role (the report), the learning rate it
+records, and how its guarantee reads in the summary line at the end of a run.
 """
 
 from __future__ import annotations
@@ -101,6 +101,9 @@ class Method:
     needs_secret = False  # True: the recipe hands the method a SecretKey (privtune.run.keystore) as `secret`
     multi_process = True  # False: its step is not sharded, so a torchrun launch is refused
     threat_model = POOL_VS_HELDOUT  # the membership game its guarantee covers (what privtune audit checks)
+    # How the report draws its frontier lines: None, a point per privacy level; "ceiling", a horizontal line above
+    # the others (the non-private reference a user would otherwise run, fo).
+    frontier_role: ClassVar[str | None] = None
 
     def __init__(self, cfg, engine, pool, run_seed: int, total_steps: int, secret=None):
         if not self.multi_process:
