@@ -1,0 +1,180 @@
+"""The privacy–utility frontier of one task: every mechanism at matched MIA-posterior bounds, over seeds.
+
+Each private mechanism is run at each posterior level p (the best membership-inference attacker's success probability,
+prior ½), matched exactly per mechanism:
+  DPZero, DP-ZO, DP-SGD at ε = posterior_to_eps(p, δ) rounded down to 4 decimals (δ = 1e-5),
+  PACZero-MI at the budget posterior_to_mi(p) rounded down to 4 decimals (privacy.matching's rule),
+so no mechanism gets a looser bound than p. PACZero-ZPL (I = 0, posterior 0.5), MeZO and the first-order reference
+fo (no guarantee) are run once per seed, and zero-shot is every run's step-0 accuracy (one number: the model and the
+eval set are the same for all runs).
+
+Every run is a normal `privtune train` process built from the shipped presets configs/sst2_<method>.yaml with only the
+task swapped (--task) and the privacy level set: the presets are what a user would run on their own task, so the
+frontier measures them, not a per-task tuning. The secret key of seed s is PRIVTUNE_SECRET_SEED=1000+s.
+cpu_s is the child process's user+system CPU time (wait4), i.e. what the run cost on this machine.
+
+Usage: python benchmarks/frontier.py --task agnews|sst2|sst2-paper [--seeds 0,1,2] [--levels 0.55,0.6,...]
+           [--only mezo,fo,paczero-zpl,paczero-mi,dpzero,dpzo,dpsgd] [--jobs 1] [--runs DIR] [--out FILE]
+           [key=value ...]
+Writes benchmarks/results/frontier_<task>.json: `rows` (one per mechanism and level: method, mia_posterior_bound,
+epsilon, delta, mi_nats, accuracy_mean, accuracy_std, seeds, cpu_s) that `privtune report` draws, and `runs` (every run).
+A run dir that already holds an eval.json with the same config is reused, so an interrupted sweep resumes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from privtune.privacy.bounds import posterior_to_eps, posterior_to_mi
+from privtune.privacy.matching import MATCH_DECIMALS
+
+REPO = Path(__file__).resolve().parents[1]
+DELTA = 1e-5
+LEVELS = (0.55, 0.6, 0.75, 0.88, 0.95, 0.997)
+# The task variants: the overrides that swap the presets' task (SST-2) for another. sst2-paper is the MeZO/PACZero
+# papers' prompt (zero-shot ≈ 52% for SmolLM2), where SST-2 still has headroom.
+TASKS = {
+    "sst2": [],
+    "sst2-paper": ["task.template={text} It was", "task.verbalizer=[' terrible', ' great']"],
+    "agnews": ["task.name=agnews"],
+}
+# mechanism → (preset, how a posterior level p becomes overrides; None: the mechanism has one level)
+PRESETS = {
+    "fo": ("configs/sst2_fo.yaml", None),
+    "mezo": ("configs/sst2_mezo.yaml", None),
+    "paczero-zpl": ("configs/sst2_paczero_zpl.yaml", None),
+    "paczero-mi": ("configs/sst2_paczero_mi.yaml", lambda p: [f"method.budget={_down(posterior_to_mi(p))}"]),
+    "dpzero": ("configs/sst2_dpzero.yaml", lambda p: [f"method.epsilon={_down(posterior_to_eps(p, DELTA))}",
+                                                      f"method.delta={DELTA}"]),
+    "dpzo": ("configs/sst2_dpzo.yaml", lambda p: [f"method.epsilon={_down(posterior_to_eps(p, DELTA))}",
+                                                  f"method.delta={DELTA}"]),
+    "dpsgd": ("configs/sst2_dpsgd.yaml", lambda p: [f"method.epsilon={_down(posterior_to_eps(p, DELTA))}",
+                                                    f"method.delta={DELTA}"]),
+}
+
+
+def _down(x: float, decimals: int = MATCH_DECIMALS) -> float:
+    """x rounded down (never up: a matched level must not be looser than the posterior it is matched to)."""
+    scale = 10**decimals
+    units = int(x * scale)
+    while units / scale > x:
+        units -= 1
+    return units / scale
+
+
+def plan(task: str, mechanisms: list[str], levels: list[float], seeds: list[int], extra: list[str]) -> list[dict]:
+    """Every run of the sweep: its mechanism, level (None for one-level mechanisms), seed and command overrides."""
+    out = []
+    for m in mechanisms:
+        preset, at = PRESETS[m]
+        for p in (levels if at is not None else [None]):
+            for s in seeds:
+                tag = f"{m}_p{p}_s{s}" if p is not None else f"{m}_s{s}"
+                out.append({"mechanism": m, "level": p, "seed": s, "tag": tag, "preset": preset,
+                            "overrides": [*TASKS[task], *(at(p) if p is not None else []), f"train.seed={s}", *extra]})
+    return out
+
+
+def run_one(r: dict, runs: Path) -> dict:
+    out = runs / r["tag"]
+    cmd = [sys.executable, "-m", "privtune", "train", "-q", "--config", str(REPO / r["preset"]), *r["overrides"],
+           f"out_dir={out}"]
+    stamp = out / "sweep_cmd.json"  # a finished run with the same command is kept (the sweep resumes)
+    if (out / "eval.json").exists() and stamp.exists() and json.loads(stamp.read_text()) == cmd[3:]:
+        res = json.loads((out / "eval.json").read_text())
+        cpu = json.loads(stamp.with_name("sweep_cpu.json").read_text())["cpu_s"]
+    else:
+        if out.exists():
+            shutil.rmtree(out)
+        env = {**os.environ, "PRIVTUNE_SECRET_SEED": str(1000 + r["seed"])}
+        t0 = time.time()
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL)
+        _, status, usage = os.wait4(proc.pid, 0)
+        if os.waitstatus_to_exitcode(status) != 0:
+            raise SystemExit(f"run failed: {' '.join(cmd)}")
+        cpu = round(usage.ru_utime + usage.ru_stime, 1)
+        stamp.write_text(json.dumps(cmd[3:]))
+        stamp.with_name("sweep_cpu.json").write_text(json.dumps({"cpu_s": cpu, "wall_s": round(time.time() - t0, 1)}))
+        res = json.loads((out / "eval.json").read_text())
+    led = json.loads((out / "privacy.json").read_text())
+    row = {**{k: r[k] for k in ("mechanism", "level", "seed")}, "accuracy": res["accuracy"],
+           "initial_accuracy": res.get("initial_accuracy"), "eval_examples": res.get("total"), "cpu_s": cpu,
+           "guarantee": led.get("guarantee"), "epsilon": led.get("epsilon"), "delta": led.get("delta"),
+           "mi_nats": led.get("mi_nats"), "mia_posterior_bound": led.get("mia_posterior_bound"),
+           "unanimity_rate": led.get("unanimity_rate"), "run_dir": str(out)}
+    print(json.dumps(row), flush=True)
+    return row
+
+
+def rows_of(runs: list[dict]) -> list[dict]:
+    """The frontier rows `privtune report` draws: one per (mechanism, level), plus the zero-shot floor."""
+    rows = []
+    inits = {r["initial_accuracy"] for r in runs if r["initial_accuracy"] is not None}
+    if inits:
+        if len(inits) > 1:  # every run evaluates the same model on the same eval set at step 0
+            raise SystemExit(f"runs disagree on the zero-shot accuracy: {sorted(inits)}")
+        rows.append({"method": "zero-shot", "mia_posterior_bound": 0.5, "epsilon": 0.0, "delta": 0.0,
+                     "mi_nats": 0.0, "accuracy_mean": inits.pop(), "accuracy_std": 0.0,
+                     "seeds": len({r["seed"] for r in runs}), "cpu_s": 0.0})
+    keys = list(dict.fromkeys((r["mechanism"], r["level"]) for r in runs))
+    for m, p in keys:
+        g = [r for r in runs if (r["mechanism"], r["level"]) == (m, p)]
+        accs = [r["accuracy"] for r in g]
+        bounds = {r["mia_posterior_bound"] for r in g}
+        none = g[0]["guarantee"] in (None, "none")
+        rows.append({
+            "method": m, "level": p,
+            "mia_posterior_bound": None if none else max(b for b in bounds if b is not None),
+            "epsilon": float("inf") if none else g[0]["epsilon"], "delta": g[0]["delta"],
+            "mi_nats": float("inf") if none else g[0]["mi_nats"],
+            "accuracy_mean": statistics.mean(accs), "accuracy_std": statistics.stdev(accs) if len(accs) > 1 else 0.0,
+            "seeds": len(accs), "cpu_s": round(statistics.mean(r["cpu_s"] for r in g), 1),
+            "unanimity_rate": (statistics.mean(u) if (u := [r["unanimity_rate"] for r in g
+                                                            if r["unanimity_rate"] is not None]) else None)})
+    return rows
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--task", required=True, choices=sorted(TASKS))
+    ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--levels", default=",".join(map(str, LEVELS)))
+    ap.add_argument("--only", default=",".join(PRESETS))
+    ap.add_argument("--jobs", type=int, default=1, help="runs at once (each a privtune process)")
+    ap.add_argument("--runs", default=None, help="run dirs (default runs/frontier_<task>)")
+    ap.add_argument("--out", default=None, help="default benchmarks/results/frontier_<task>.json")
+    ap.add_argument("overrides", nargs="*", help="key=value applied to every run (after the task's)")
+    args = ap.parse_args()
+    mechanisms = args.only.split(",")
+    unknown = [m for m in mechanisms if m not in PRESETS]
+    if unknown:
+        ap.error(f"--only: unknown mechanism(s) {unknown}; known: {list(PRESETS)}")
+    levels = [float(x) for x in args.levels.split(",")]
+    seeds = [int(s) for s in args.seeds.split(",")]
+    runs_dir = Path(args.runs or f"runs/frontier_{args.task}")
+    runs_dir.mkdir(parents=True, exist_ok=True)
+    todo = plan(args.task, mechanisms, levels, seeds, args.overrides)
+    t0 = time.time()
+    with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
+        runs = list(pool.map(lambda r: run_one(r, runs_dir), todo))
+    result = {"benchmark": "frontier", "task": args.task, "model": "SmolLM2-135M-Instruct",
+              "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]), "delta": DELTA, "levels": levels,
+              "seeds": seeds, "wall_s": round(time.time() - t0, 1),
+              "cpu_s_total": round(sum(r["cpu_s"] for r in runs), 1), "rows": rows_of(runs), "runs": runs}
+    out = Path(args.out or REPO / "benchmarks" / "results" / f"frontier_{args.task}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {out}: {len(runs)} runs, {result['cpu_s_total'] / 60:.1f} CPU-minutes", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
