@@ -23,12 +23,11 @@ import random
 import statistics
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import yaml
 
-from frontier import PRESETS, REPO, TASKS, run_one  # benchmarks/frontier.py: presets, matching, one run
+from frontier import PRESETS, REPO, TASKS, run_all  # benchmarks/frontier.py: presets, matching, one run
 
 from privtune.paths import data_dir
 
@@ -84,8 +83,8 @@ def main():
     (runs_dir / "sst2-paper").mkdir(parents=True, exist_ok=True)
     (runs_dir / "agnews").mkdir(parents=True, exist_ok=True)
     t0 = time.time()
-    with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
-        runs = list(pool.map(lambda r: {**run_one(r, runs_dir), "task": r["task"], "lr": r["lr"]}, todo))
+    runs = [{**row, "task": r["task"], "lr": r["lr"]}
+            for r, row in zip(todo, run_all(todo, runs_dir, args.jobs, group=lambda r: (r["task"], r["seed"])))]
     choice = {}
     for m in dict.fromkeys(r["mechanism"] for r in runs):
         gains = {}
