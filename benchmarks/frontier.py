@@ -34,7 +34,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from privtune.privacy.bounds import posterior_to_eps, posterior_to_mi
+from privtune.privacy.bounds import eps_to_posterior, posterior_to_eps, posterior_to_mi
 from privtune.privacy.matching import MATCH_DECIMALS
 
 REPO = Path(__file__).resolve().parents[1]
@@ -54,13 +54,18 @@ PRESETS = {
     "mezo": ("configs/sst2_mezo.yaml", None),
     "paczero-zpl": ("configs/sst2_paczero_zpl.yaml", None),
     "paczero-mi": ("configs/sst2_paczero_mi.yaml", lambda p: [f"method.budget={_down(posterior_to_mi(p))}"]),
-    "dpzero": ("configs/sst2_dpzero.yaml", lambda p: [f"method.epsilon={_down(posterior_to_eps(p, DELTA))}",
-                                                      f"method.delta={DELTA}"]),
-    "dpzo": ("configs/sst2_dpzo.yaml", lambda p: [f"method.epsilon={_down(posterior_to_eps(p, DELTA))}",
-                                                  f"method.delta={DELTA}"]),
-    "dpsgd": ("configs/sst2_dpsgd.yaml", lambda p: [f"method.epsilon={_down(posterior_to_eps(p, DELTA))}",
-                                                    f"method.delta={DELTA}"]),
+    "dpzero": ("configs/sst2_dpzero.yaml", lambda p: _dp_level(p)),
+    "dpzo": ("configs/sst2_dpzo.yaml", lambda p: _dp_level(p)),
+    "dpsgd": ("configs/sst2_dpsgd.yaml", lambda p: _dp_level(p)),
 }
+
+
+def _dp_level(p: float) -> list[str]:
+    """(ε, δ) overrides whose attacker bound is at most p. Below (1 + δ)/2 no ε ≥ 0 gets there: δ alone allows more."""
+    eps = _down(posterior_to_eps(p, DELTA))
+    if eps_to_posterior(eps, DELTA) > p:
+        raise ValueError(f"posterior level {p}: unreachable by (ε, δ={DELTA:g})-DP (δ alone allows {(1 + DELTA) / 2})")
+    return [f"method.epsilon={eps}", f"method.delta={DELTA}"]
 
 
 def _down(x: float, decimals: int = MATCH_DECIMALS) -> float:

@@ -1,0 +1,68 @@
+"""benchmarks/frontier.py matches every mechanism to a posterior level without ever loosening it: the ε or nats a
+run gets must bound the attacker at or below the level it is drawn at (a frontier point placed left of its true
+bound would flatter the mechanism)."""
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+from privtune.privacy.bounds import eps_to_posterior, mi_to_posterior
+
+BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
+
+
+@pytest.fixture(scope="module")
+def frontier():
+    sys.path.insert(0, str(BENCH))
+    try:
+        spec = importlib.util.spec_from_file_location("frontier", BENCH / "frontier.py")
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        yield mod
+    finally:
+        sys.path.remove(str(BENCH))
+
+
+def _value(overrides: list[str], key: str) -> float:
+    return float(next(o.split("=", 1)[1] for o in overrides if o.startswith(key + "=")))
+
+
+@pytest.mark.parametrize("level", [0.55, 0.6, 0.75, 0.88, 0.95, 0.997, 0.5000001])
+def test_matched_levels_never_exceed_the_posterior(frontier, level):
+    for mechanism, (preset, at) in frontier.PRESETS.items():
+        if at is None:
+            continue
+        if mechanism != "paczero-mi" and level < (1 + frontier.DELTA) / 2:
+            with pytest.raises(ValueError, match="unreachable"):  # δ alone allows more than this level
+                at(level)
+            continue
+        over = at(level)
+        if mechanism == "paczero-mi":
+            bound = mi_to_posterior(_value(over, "method.budget"))
+        else:
+            bound = eps_to_posterior(_value(over, "method.epsilon"), _value(over, "method.delta"))
+        assert bound <= level, (mechanism, level, bound)
+        assert bound > level - 2e-4, (mechanism, level, bound)  # rounding down costs at most a hair
+
+
+def test_every_preset_exists_and_the_plan_covers_each_level_and_seed(frontier):
+    for preset, _ in frontier.PRESETS.values():
+        assert (BENCH.parent / preset).is_file(), preset
+    todo = frontier.plan("agnews", list(frontier.PRESETS), [0.6, 0.88], [0, 1], [])
+    one_level = sum(at is None for _, at in frontier.PRESETS.values())
+    assert len(todo) == 2 * (one_level + 2 * (len(frontier.PRESETS) - one_level))
+    assert len({r["tag"] for r in todo}) == len(todo)  # every run has its own directory
+    assert all("task.name=agnews" in r["overrides"] for r in todo)
+
+
+def test_rows_refuse_runs_that_disagree_on_zero_shot(frontier):
+    run = {"mechanism": "mezo", "level": None, "seed": 0, "accuracy": 0.8, "initial_accuracy": 0.5, "cpu_s": 1.0,
+           "guarantee": "none", "epsilon": None, "delta": None, "mi_nats": None, "mia_posterior_bound": None,
+           "unanimity_rate": None}
+    rows = frontier.rows_of([run, {**run, "seed": 1, "accuracy": 0.9}])
+    assert rows[0]["method"] == "zero-shot" and rows[0]["accuracy_mean"] == 0.5
+    assert rows[1]["accuracy_mean"] == pytest.approx(0.85) and rows[1]["seeds"] == 2
+    with pytest.raises(SystemExit):
+        frontier.rows_of([run, {**run, "seed": 1, "initial_accuracy": 0.6}])
