@@ -48,3 +48,17 @@ def stop_after():
                 raise StopRequested()
         return callback
     return make
+
+
+@pytest.fixture
+def same_run():
+    """Assert that two finished run dirs hold the same transcript and bit-identical trained tensors (a resumed run
+    against an uninterrupted one)."""
+    from privtune import atomic as A
+
+    def check(a, b) -> None:
+        assert (a / "transcript.jsonl").read_text() == (b / "transcript.jsonl").read_text()
+        wa = A.load_tensors(a / "model" / "trainable.safetensors")
+        wb = A.load_tensors(b / "model" / "trainable.safetensors")
+        assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+    return check

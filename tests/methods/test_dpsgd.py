@@ -8,7 +8,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from privtune import atomic as A
 from privtune.errors import ConfigError
 from privtune.methods.dpsgd import DPSGD
 from privtune.run.keystore import SecretKey
@@ -100,7 +99,7 @@ def test_opacus_accountant_agrees_with_privtune_calibration(make_cfg):
     assert acc.get_epsilon(delta=1e-5) == pytest.approx(3.0, rel=0.03)
 
 
-def test_dp_lora_run_resumes_bitwise_and_refuses_replay(tmp_path, make_cfg, monkeypatch, stop_after):
+def test_dp_lora_run_resumes_bitwise_and_refuses_replay(tmp_path, make_cfg, monkeypatch, stop_after, same_run):
     monkeypatch.setenv("PRIVTUNE_SECRET_SEED", "7")
     over = {**LORA, "train.steps": 6, "train.checkpoint_every": 2, "method.epsilon": 2.0, "method.lr": 1e-2}
     train(make_cfg(**over, out_dir=str(tmp_path / "a")))
@@ -108,10 +107,7 @@ def test_dp_lora_run_resumes_bitwise_and_refuses_replay(tmp_path, make_cfg, monk
     assert train(part, callback=stop_after(3)) == {"stopped_at": 3}  # mid-interval: steps 2..3 are recomputed and checked
     train(part, resume=True)
     a, b = tmp_path / "a", tmp_path / "b"
-    assert (a / "transcript.jsonl").read_text() == (b / "transcript.jsonl").read_text()
-    wa = A.load_tensors(a / "model" / "trainable.safetensors")
-    wb = A.load_tensors(b / "model" / "trainable.safetensors")
-    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+    same_run(a, b)
     priv = json.loads((a / "privacy.json").read_text())
     assert priv["method"] == "dpsgd" and priv["guarantee"] == "dp" and priv["epsilon"] == 2.0
     assert priv["mia_posterior_bound"] == pytest.approx(0.8808, abs=5e-5)

@@ -71,7 +71,7 @@ def test_weight_decay_is_adamw_on_matrices_only(make_cfg):
     assert m.opt.defaults["betas"] == (0.9, 0.999) and not m.opt.defaults["foreach"]
 
 
-def test_run_resumes_bitwise_and_refuses_replay(tmp_path, make_cfg, monkeypatch, stop_after):
+def test_run_resumes_bitwise_and_refuses_replay(tmp_path, make_cfg, monkeypatch, stop_after, same_run):
     monkeypatch.setenv("PRIVTUNE_CACHE", str(tmp_path / "cache"))
     over = {**FO, "train.steps": 6, "train.checkpoint_every": 2}
     train(make_cfg(**over, out_dir=str(tmp_path / "a")))
@@ -87,10 +87,7 @@ def test_run_resumes_bitwise_and_refuses_replay(tmp_path, make_cfg, monkeypatch,
     assert seen["state"]["optimizer"]["state"]  # the moments themselves, not an empty optimizer
     train(part, resume=True)
     a, b = tmp_path / "a", tmp_path / "b"
-    assert (a / "transcript.jsonl").read_text() == (b / "transcript.jsonl").read_text()
-    wa = A.load_tensors(a / "model" / "trainable.safetensors")
-    wb = A.load_tensors(b / "model" / "trainable.safetensors")
-    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+    same_run(a, b)
     priv = json.loads((a / "privacy.json").read_text())
     assert priv["method"] == "fo" and priv["guarantee"] == "none" and priv["mia_posterior_bound"] is None
     assert priv["epsilon"] is None and priv["mi_nats"] is None and priv["assumptions"] == "no privacy guarantee"
