@@ -58,6 +58,8 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--only", default=",".join(PRESETS))
     ap.add_argument("--factors", default="0.3,1,3,10,30")
+    ap.add_argument("--factors-for", action="append", default=[], metavar="TASK=F,F",
+                    help="another grid for one tuning task (the choice uses the lrs every task ran)")
     ap.add_argument("--posterior", type=float, default=0.88)
     ap.add_argument("--val", type=int, default=500)
     ap.add_argument("--seed", type=int, default=0)
@@ -67,14 +69,19 @@ def main():
     ap.add_argument("overrides", nargs="*")
     args = ap.parse_args()
     runs_dir = Path(args.runs)
-    factors = [float(x) for x in args.factors.split(",")]
+    grids = {t: [float(x) for x in args.factors.split(",")] for t in TUNING}
+    for item in args.factors_for:
+        task, _, fs = item.partition("=")
+        if task not in TUNING:
+            ap.error(f"--factors-for: unknown tuning task {task!r} (choose from {list(TUNING)})")
+        grids[task] = [float(x) for x in fs.split(",")]
     todo = []
     for task in TUNING:
         task_over = split_task(task, runs_dir / "data", args.val)
         for m in args.only.split(","):
             preset, at = PRESETS[m]
             base_lr = yaml.safe_load((REPO / preset).read_text())["method"]["lr"]
-            for f in factors:
+            for f in grids[task]:
                 lr = float(f"{base_lr * f:.3g}")
                 todo.append({"mechanism": m, "level": args.posterior if at else None, "seed": args.seed,
                              "task": task, "lr": lr, "tag": f"{task}/{m}_lr{lr:g}", "preset": preset,
@@ -89,8 +96,9 @@ def main():
     for m in dict.fromkeys(r["mechanism"] for r in runs):
         gains = {}
         for lr in dict.fromkeys(r["lr"] for r in runs if r["mechanism"] == m):
-            g = [r["accuracy"] - r["initial_accuracy"] for r in runs if r["mechanism"] == m and r["lr"] == lr]
-            gains[lr] = statistics.mean(g)
+            g = {r["task"]: r["accuracy"] - r["initial_accuracy"] for r in runs if r["mechanism"] == m and r["lr"] == lr}
+            if len(g) == len(TUNING):  # only a learning rate every tuning task ran can be chosen
+                gains[lr] = statistics.mean(g.values())
         best = max(gains.values())
         choice[m] = {"lr": min(lr for lr, g in gains.items() if g == best), "mean_gain": best,
                      "gains": {f"{lr:g}": round(g, 4) for lr, g in gains.items()}}

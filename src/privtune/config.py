@@ -228,9 +228,6 @@ def load_yaml(path: str | Path) -> dict:
 
 def build(data: dict, methods: Sequence[type[MethodCfg]]):
     """The run config of `data`, its method section one of `methods` (privtune.methods.build_config passes all)."""
-    method = data.get("method") if isinstance(data, dict) else None
-    if isinstance(method, dict) and "name" not in method:  # `method.lr=…` on the defaults: the default method's lr
-        data = {**data, "method": {"name": methods[0].model_fields["name"].default, **method}}
     try:
         return run_model(methods).model_validate(data)
     except ValidationError as e:
@@ -238,8 +235,13 @@ def build(data: dict, methods: Sequence[type[MethodCfg]]):
 
 
 def load(path: str | Path | None, overrides: list[str], methods: Sequence[type[MethodCfg]]):
-    data = load_yaml(path) if path else {}
-    return build(apply_overrides(data, list(overrides)), methods)
+    data = apply_overrides(load_yaml(path) if path else {}, list(overrides))
+    method = data.get("method")
+    if not path and isinstance(method, dict) and "name" not in method:
+        # `method.lr=…` with no config file tunes the default method; a file's method section must name its method
+        # (silently picking the non-private default for a nameless section would be the wrong kind of guess)
+        data = {**data, "method": {"name": methods[0].model_fields["name"].default, **method}}
+    return build(data, methods)
 
 
 def dump(cfg) -> str:
