@@ -98,8 +98,9 @@ class Soak:
         return env
 
     def command(self, run: Path, resume: bool) -> list[str]:
-        cmd = [sys.executable, "-m", "privtune", "train", "-c", str(CONFIG), *self.overrides, f"out_dir={run}", "-q"]
-        return cmd + (["--resume"] if resume else [])
+        if resume:  # the config comes from the run dir (privtune refuses overrides with --resume)
+            return [sys.executable, "-m", "privtune", "train", f"out_dir={run}", "-q", "--resume"]
+        return [sys.executable, "-m", "privtune", "train", "-c", str(CONFIG), *self.overrides, f"out_dir={run}", "-q"]
 
     def check(self, ok: bool, what: str) -> None:
         self.checks += 1
