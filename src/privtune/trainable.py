@@ -13,6 +13,7 @@ embedding must not move when only its scoring rows are meant to.
 from __future__ import annotations
 
 import contextlib
+import json
 import re
 import warnings
 from dataclasses import dataclass, field
@@ -224,6 +225,13 @@ def save_adapter(sel: Selection, folder: Path) -> bool:
         cfg.base_model_name_or_path = base_model_path(sel.model)
     with no_checkpointing_notice():
         sel.model.save_pretrained(folder)
+    # peft keeps target_modules as a set, so its order in the JSON follows the process's string hash seed: sort it,
+    # so that the same run writes the same bytes (the pinned-output test compares them)
+    conf = Path(folder) / "adapter_config.json"
+    data = json.loads(conf.read_text())
+    if isinstance(data.get("target_modules"), list):
+        data["target_modules"] = sorted(data["target_modules"])
+        conf.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
     return True
 
 
