@@ -98,7 +98,9 @@ def run_one(r: dict, runs: Path) -> dict:
     if (out / "eval.json").exists() and stamp.exists() and json.loads(stamp.read_text()) == cmd[3:]:
         res = json.loads((out / "eval.json").read_text())
         cpu = json.loads(stamp.with_name("sweep_cpu.json").read_text())["cpu_s"]
+        reused = True
     else:
+        reused = False
         if out.exists():
             shutil.rmtree(out)
         # one thread per run: a step on cached states is many tiny ops, which threads only slow down (and --jobs
@@ -118,7 +120,7 @@ def run_one(r: dict, runs: Path) -> dict:
            "initial_accuracy": res.get("initial_accuracy"), "eval_examples": res.get("total"), "cpu_s": cpu,
            "guarantee": led.get("guarantee"), "epsilon": led.get("epsilon"), "delta": led.get("delta"),
            "mi_nats": led.get("mi_nats"), "mia_posterior_bound": led.get("mia_posterior_bound"),
-           "unanimity_rate": led.get("unanimity_rate"), "run_dir": str(out)}
+           "unanimity_rate": led.get("unanimity_rate"), "run_dir": str(out), "reused": reused}
     print(json.dumps(row), flush=True)
     return row
 
