@@ -87,8 +87,8 @@ def main():
                              "task": task, "lr": lr, "tag": f"{task}/{m}_lr{lr:g}", "preset": preset,
                              "overrides": [*task_over, *(at(args.posterior) if at else []), f"method.lr={lr}",
                                            f"train.seed={args.seed}", *args.overrides]})
-    (runs_dir / "sst2-paper").mkdir(parents=True, exist_ok=True)
-    (runs_dir / "agnews").mkdir(parents=True, exist_ok=True)
+    for task in TUNING:  # run dirs are <runs>/<task>/<method>_lr<lr>
+        (runs_dir / task).mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     runs = [{**row, "task": r["task"], "lr": r["lr"]}
             for r, row in zip(todo, run_all(todo, runs_dir, args.jobs, group=lambda r: (r["task"], r["seed"])))]
