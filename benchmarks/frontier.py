@@ -116,11 +116,14 @@ def run_one(r: dict, runs: Path) -> dict:
         stamp.with_name("sweep_cpu.json").write_text(json.dumps({"cpu_s": cpu, "wall_s": round(time.time() - t0, 1)}))
         res = json.loads((out / "eval.json").read_text())
     led = json.loads((out / "privacy.json").read_text())
-    row = {**{k: r[k] for k in ("mechanism", "level", "seed")}, "accuracy": res["accuracy"],
-           "initial_accuracy": res.get("initial_accuracy"), "eval_examples": res.get("total"), "cpu_s": cpu,
+    metric = "f1" if "f1" in res else "accuracy"  # a generation task is judged by F1 (eval.json has no accuracy)
+    row = {**{k: r[k] for k in ("mechanism", "level", "seed")}, "metric": metric, "accuracy": res[metric],
+           "initial_accuracy": res.get(f"initial_{metric}"), "eval_examples": res.get("total"), "cpu_s": cpu,
            "guarantee": led.get("guarantee"), "epsilon": led.get("epsilon"), "delta": led.get("delta"),
            "mi_nats": led.get("mi_nats"), "mia_posterior_bound": led.get("mia_posterior_bound"),
            "unanimity_rate": led.get("unanimity_rate"), "run_dir": str(out), "reused": reused}
+    if metric == "f1":
+        row["exact_match"], row["initial_exact_match"] = res.get("exact_match"), res.get("initial_exact_match")
     print(json.dumps(row), flush=True)
     return row
 

@@ -39,7 +39,10 @@ def __getattr__(name: str) -> Any:  # `data.DATA_DIR` is evaluated on access, so
 @dataclass(frozen=True)
 class Example:
     text: str
-    label: int
+    label: int  # classification: the class; multiple_choice: index into choices; generation: 0
+    choices: tuple[str, ...] = ()  # multiple_choice: the answer options
+    answers: tuple[str, ...] = ()  # generation: the gold answers; answers[0] is the one trained on
+    fields: tuple[tuple[str, str], ...] = ()  # other template fields by column name (("context", ...), ...)
 
 
 @dataclass(frozen=True)
@@ -82,6 +85,10 @@ class Task:
     train: list[Example]
     eval: list[Example]
     label_names: list[str] | None = None  # label_names[label] as written in the files; None: integer labels
+    type: str = "classification"
+    choice_score: str = "sum"
+    max_new_tokens: int = 32
+    stop: str = "\n"
 
     @property
     def n_labels(self) -> int:
@@ -91,6 +98,13 @@ class Task:
 def render(template: str, text: str) -> str:
     """The prompt for one text. Plain replace, not str.format: texts contain braces."""
     return template.replace("{text}", text.rstrip())
+
+
+def render_example(template: str, ex: Example) -> str:
+    out = template.replace("{text}", ex.text.rstrip())
+    for name, value in ex.fields:
+        out = out.replace("{" + name + "}", value)
+    return out
 
 
 # ---------------------------------------------------------------------------------------------------------------

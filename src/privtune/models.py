@@ -46,6 +46,17 @@ class Codec:
         """Write what loads this codec back into a model folder (`privtune export`)."""
         raise NotImplementedError
 
+    def continuation(self, text: str) -> list[int]:  # pragma: no cover - interface
+        """Token ids of `text` as it follows a prompt (no BOS, no truncation): an answer or a choice."""
+        raise NotImplementedError
+
+    def decode(self, ids: list[int]) -> str:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def stop_ids(self, stop: str) -> set[int]:  # pragma: no cover - interface
+        """Token ids whose text contains `stop`, plus end-of-sequence: greedy decoding ends a row at any of them."""
+        raise NotImplementedError
+
     def verbalizer_ids(self, verbalizer: list[str]) -> list[int]:
         ids = [self.token_id(w) for w in verbalizer]
         if len(set(ids)) != len(ids):
@@ -64,6 +75,7 @@ class HFCodec(Codec):
         self.tok = tokenizer
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.pad_id = int(pad if pad is not None else 0)
+        self._memo: dict = {}
 
     def encode(self, text: str) -> list[int]:
         ids = self.tok(text).input_ids
@@ -80,6 +92,21 @@ class HFCodec(Codec):
     def save(self, folder: Path) -> None:
         self.tok.save_pretrained(folder)
 
+    def continuation(self, text: str) -> list[int]:
+        return list(self.tok.encode(text, add_special_tokens=False))
+
+    def decode(self, ids: list[int]) -> str:
+        return self.tok.decode(list(ids), skip_special_tokens=True)
+
+    def stop_ids(self, stop: str) -> set[int]:
+        key = ("stop", stop)
+        if key not in self._memo:  # one scan of the vocabulary per stop string
+            ids = {i for i in range(len(self.tok)) if stop in self.tok.decode([i])}
+            if self.tok.eos_token_id is not None:
+                ids.add(int(self.tok.eos_token_id))
+            self._memo[key] = ids
+        return self._memo[key]
+
 
 class HashCodec(Codec):
     """The tiny model's tokenizer: lower-cased whitespace words hashed (crc32) into a small vocabulary.
@@ -90,9 +117,22 @@ class HashCodec(Codec):
     def __init__(self, vocab_size: int):
         self.vocab_size = vocab_size
         self.pad_id = 0
+        self._seen: dict[int, str] = {}  # id → the first word that hashed to it: decode's (lossy) inverse
 
     def _word(self, w: str) -> int:
-        return 2 + zlib.crc32(w.lower().encode("utf-8")) % (self.vocab_size - 2)
+        i = 2 + zlib.crc32(w.lower().encode("utf-8")) % (self.vocab_size - 2)
+        self._seen.setdefault(i, w.lower())
+        return i
+
+    def continuation(self, text: str) -> list[int]:
+        return [self._word(w) for w in text.split()]
+
+    def decode(self, ids: list[int]) -> str:
+        """Words this codec has hashed, by id (ids it never produced read as <id>); BOS/padding are dropped."""
+        return " ".join(self._seen.get(int(i), f"<{int(i)}>") for i in ids if int(i) > 1)
+
+    def stop_ids(self, stop: str) -> set[int]:
+        return {1}  # words never hold whitespace, so only end-of-sequence (id 1) stops a row
 
     def encode(self, text: str) -> list[int]:
         return ([1] + [self._word(w) for w in text.split()])[-MAX_TOKENS:]

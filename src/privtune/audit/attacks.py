@@ -69,7 +69,6 @@ def lm_scores(stats: list[dict], texts: list[str]) -> dict[str, np.ndarray]:
 def scores(setup, examples, base_state: dict, trained_state: dict, attacks=ATTACKS, micro_batch: int = 16) -> dict:
     """Attack scores for `examples` (privtune.data.Example) under the run's trained weights. `setup` is a
     privtune.run.setup.Setup; its trainable parameters are left at `trained_state`."""
-    from ..data import render
     from ..trainable import load_trainable_state
 
     out: dict[str, np.ndarray] = {}
@@ -84,8 +83,34 @@ def scores(setup, examples, base_state: dict, trained_state: dict, attacks=ATTAC
         load_trainable_state(setup.sel, trained_state)
         out["ref"] = ce_base - ce
     if LM_ATTACKS & set(attacks):
-        texts = [render(setup.task.template, ex.text) + setup.task.verbalizer[ex.label] for ex in examples]
-        seqs = [list(ids) + [setup.verbalizer_ids[ex.label]] for ids, ex in zip(data.ids, examples)]
+        texts, seqs, n_answer = _lm_sequences(setup, examples, data)
         stats = token_stats(setup.sel.model, seqs, setup.engine.device, setup.lm.codec.pad_id, micro_batch)
+        if n_answer is not None:  # multi-token tasks: the statistics of the answer's (or true choice's) tokens
+            stats = [{k: v[-n:] for k, v in s.items()} for s, n in zip(stats, n_answer)]
         out.update({k: v for k, v in lm_scores(stats, texts).items() if k in attacks})
     return {k: out[k] for k in attacks}
+
+
+def _lm_sequences(setup, examples, data):
+    """What the token-level attacks read: (texts for zlib, token sequences, how many final tokens are the answer).
+
+    classification: the prompt and its label word (all of its tokens scored, n_answer None); multiple_choice: the
+    prompt and the true choice; generation: the prompt and the trained answer (with its stop). For the multi-token
+    types only the answer's tokens are scored, and zlib compresses the answer's text."""
+    from ..data import render
+
+    task = setup.task
+    if task.type == "classification":
+        texts = [render(task.template, ex.text) + task.verbalizer[ex.label] for ex in examples]
+        seqs = [list(ids) + [setup.verbalizer_ids[ex.label]] for ids, ex in zip(data.ids, examples)]
+        return texts, seqs, None
+    texts, seqs, n_answer = [], [], []
+    for j, ex in enumerate(examples):
+        tree = data.trees[j]
+        P = tree.branch.count(-1)
+        mine = ex.label if task.type == "multiple_choice" else 0
+        answer = [tok for tok, b in zip(data.ids[j], tree.branch) if b == mine]
+        seqs.append(list(data.ids[j][:P]) + answer)
+        n_answer.append(len(answer))
+        texts.append(ex.choices[ex.label] if task.type == "multiple_choice" else ex.answers[0])
+    return texts, seqs, n_answer

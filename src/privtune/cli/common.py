@@ -44,7 +44,10 @@ class Progress:
             if "train_loss" in ev:
                 self.bar.set_postfix(loss=f"{ev['train_loss']:.4f}", refresh=False)
         elif kind == "eval":
-            msg = f"eval accuracy at step {ev['step']}: {ev['accuracy']:.4f} ({ev['correct']}/{ev['total']})"
+            if "f1" in ev:
+                msg = f"eval F1 at step {ev['step']}: {ev['f1']:.4f} (exact match {ev['exact_match']:.4f}, {ev['total']})"
+            else:
+                msg = f"eval accuracy at step {ev['step']}: {ev['accuracy']:.4f} ({ev['correct']}/{ev['total']})"
             (self.bar.write(msg, file=sys.stderr) if self.bar else typer.echo(msg, err=True))
         elif kind in ("done", "stopped") and self.bar is not None:
             self.bar.close()

@@ -56,7 +56,7 @@ def train(
     cfg, result = run(go)
     if os.environ.get("RANK", "0") in ("", "0"):  # under torchrun only rank 0 prints the result
         typer.echo(json.dumps(result))
-        if not quiet and "accuracy" in result:
+        if not quiet and ("accuracy" in result or "f1" in result):
             typer.echo(_summary(cfg.out_dir, result, time.monotonic() - t0), err=True)
 
 
@@ -64,15 +64,17 @@ def _summary(out_dir: str, result: dict, seconds: float) -> str:
     """`accuracy 78.6% → 80.6% · (ε=2, δ=1e-05)-DP, MIA posterior ≤ 0.881 · runs/sst2_dpzero · 35 s`: the run's
     guarantee as its method words it, from privacy.json."""
     from ..methods import find
+    from ..run.evaluate import headline
     from ..run.rundir import RunDir
 
     run = RunDir(out_dir)
     privacy = run.read_record(run.privacy) or {}
     method = find(privacy.get("method"))
     guarantee = method.guarantee_line(privacy) if method is not None else str(privacy.get("guarantee", "?"))
-    before = result.get("initial_accuracy")
-    acc = f"{result['accuracy']:.1%}" if before is None else f"{before:.1%} → {result['accuracy']:.1%}"
-    return f"accuracy {acc} · {guarantee} · {run.path} · {seconds:.0f} s"
+    name, value = headline(result)
+    before = result.get(f"initial_{name}")
+    shown = f"{value:.1%}" if before is None else f"{before:.1%} → {value:.1%}"
+    return f"{'F1' if name == 'f1' else name} {shown} · {guarantee} · {run.path} · {seconds:.0f} s"
 
 
 def eval_cmd(

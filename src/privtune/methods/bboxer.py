@@ -31,6 +31,7 @@ from ..errors import ConfigError
 from ..privacy.bounds import mi_to_posterior
 from ..privacy.generalization import bits_mi_bound, generalization_gap_bound, ranking_bits, released_bits
 from ..zo.seeds import derive_seed
+from ..zo.sums import score
 from .base import Delta, Method, Release, register
 
 CMA_MAX_DIM = 2000  # full-covariance CMA stores d×d: above this, use diagonal_cma
@@ -141,10 +142,12 @@ class Scorer:
 
     def _score(self, x: np.ndarray) -> float:
         self.write(x)
+        if self.score != "loss" and self.engine.forward.task_type == "generation":  # 1 − F1 of greedy answers
+            return 1.0 - score(self.engine, self.pool)["f1"]
         lg = self.engine.logits(self.pool)
         labels = self.pool.labels.to(lg.device)
         if self.score == "loss":
-            return float(F.cross_entropy(lg.double(), labels, reduction="mean"))
+            return float(self.engine.forward.loss(lg.double(), labels, reduction="mean"))
         return float((lg.argmax(-1) != labels).double().mean())
 
     def beats(self, x: np.ndarray, incumbent: np.ndarray) -> int:
@@ -279,8 +282,8 @@ class BBoxER(Method):
         number per set, released for reporting beyond the b bits)."""
         train_acc = self.scorer.accuracy(self.search.x)
         self.write(self.search.x)
-        return {"scoring_accuracy": train_acc, "eval_accuracy": final_eval["accuracy"],
-                "observed_gap": train_acc - final_eval["accuracy"]}
+        final = final_eval["f1"] if "f1" in final_eval else final_eval["accuracy"]  # F1 for a generation task
+        return {"scoring_accuracy": train_acc, "eval_accuracy": final, "observed_gap": train_acc - final}
 
 
 register(Config, BBoxER)

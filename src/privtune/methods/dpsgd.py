@@ -21,7 +21,6 @@ import warnings
 from typing import ClassVar, Literal
 
 import torch
-import torch.nn.functional as F
 from pydantic import model_validator
 
 from ..config import PosFloat
@@ -118,7 +117,7 @@ class DPSGD(dpzero.DPZero):
                     # the cached prefix states need no gradient; Opacus' hooks still fire on the modules' outputs
                     warnings.filterwarnings("ignore", message="Full backward hook is firing")
                     logits = fwd.chunk_logits(self.pool, [chunk])[0][0]
-                    loss = F.cross_entropy(logits, self.pool.labels[chunk].to(logits.device), reduction="sum")
+                    loss = fwd.loss(logits, self.pool.labels[chunk], reduction="sum")
                     loss.backward()
                 for p in self.params:
                     parts[id(p)].append(p.grad_sample)

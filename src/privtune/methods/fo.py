@@ -17,7 +17,6 @@ import hashlib
 from typing import Annotated, ClassVar, Literal
 
 import torch
-import torch.nn.functional as F
 from pydantic import Field
 
 from ..config import PosFloat
@@ -60,7 +59,7 @@ class FirstOrder(Method):
         for chunk in fwd.chunks(self.pool, idx):  # one chunk per backward pass: memory stays one micro-batch's
             with torch.enable_grad():
                 logits = fwd.chunk_logits(self.pool, [chunk])[0][0]
-                loss = F.cross_entropy(logits, self.pool.labels[chunk].to(logits.device), reduction="sum")
+                loss = fwd.loss(logits, self.pool.labels[chunk], reduction="sum")
                 (loss / n).backward()
             total += float(loss.detach())
         h = hashlib.sha256()

@@ -1,4 +1,5 @@
-"""Accuracy of a trained run or of a base model on a task split (verbalizer logits at the last position)."""
+"""Eval metrics of a trained run or of a base model on a task split: accuracy over the label words' logits
+(classification) or the choices' scores (multiple_choice), SQuAD F1 / exact match of greedy answers (generation)."""
 
 from __future__ import annotations
 
@@ -7,17 +8,34 @@ from pathlib import Path
 from ..errors import ConfigError
 from ..methods import build_config
 from ..trainable import load_trainable_state
-from ..zo.sums import accuracy
+from ..zo.sums import score
 from .rundir import RunDir
 from .setup import Setup, encode_examples, prepare
 
 SPLITS = {"dev": "eval", "test": "eval", "eval": "eval", "validation": "eval", "train": "train"}
 
 
+def headline(result: dict) -> tuple[str, float]:
+    """The metric a run is judged by, and its value: accuracy, or F1 for a generation task."""
+    return ("f1", result["f1"]) if "f1" in result else ("accuracy", result["accuracy"])
+
+
+def eval_row(result: dict) -> dict:
+    """An eval's entries in a metrics.jsonl row: eval_accuracy, or eval_f1 and eval_exact_match."""
+    keys = ("f1", "exact_match") if "f1" in result else ("accuracy",)
+    return {f"eval_{k}": result[k] for k in keys}
+
+
+def metric_fields(result: dict) -> dict:
+    """The metric entries of an eval result (what eval.json and the metrics rows carry)."""
+    keys = ("f1", "exact_match") if "f1" in result else ("accuracy", "correct")
+    return {k: result[k] for k in keys}
+
+
 def evaluate_setup(setup: Setup) -> dict:
-    """Accuracy of the model as it is now on the set-up eval set (during training: step 0, eval_every, the end)."""
-    acc, correct = accuracy(setup.engine, setup.evalset)
-    return {"accuracy": acc, "correct": correct, "total": len(setup.evalset)}
+    """Eval metrics of the model as it is now on the set-up eval set (during training: step 0, eval_every, the
+    end)."""
+    return score(setup.engine, setup.evalset)
 
 
 def _score(cfg, split: str, weights: dict | None = None, callback=None, data: str | Path | None = None) -> dict:
@@ -31,11 +49,15 @@ def _score(cfg, split: str, weights: dict | None = None, callback=None, data: st
         examples = examples[: cfg.task.eval_limit]
     if callback is not None:
         callback({"event": "status", "message": f"encoding {len(examples)} {'' if data else split + ' '}examples"})
-    encoded = encode_examples(setup, examples)
-    acc, correct = accuracy(setup.engine, encoded, callback=callback)
+    encoded = encode_examples(setup, examples, for_decoding=True)
+    result = score(setup.engine, encoded, callback=callback)
     where = {"split": split} if data is None else {"split": "data", "data": str(data)}
-    return {"accuracy": acc, "correct": correct, "total": len(examples), "model": cfg.model.name,
-            "task": cfg.task.name, **where, "template": setup.task.template, "verbalizer": setup.task.verbalizer}
+    prompt = {"template": setup.task.template}
+    if setup.task.type == "classification":
+        prompt["verbalizer"] = setup.task.verbalizer
+    else:
+        prompt["type"] = setup.task.type
+    return {**result, "model": cfg.model.name, "task": cfg.task.name, **where, **prompt}
 
 
 def _on_file(task: dict, data: str | Path | None, limit: int | None) -> dict:

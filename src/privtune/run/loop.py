@@ -20,7 +20,7 @@ from .. import dist, tblog
 from ..errors import BudgetError, PrivtuneError
 from ..methods import Release, build_config, method_class
 from ..paths import cache_dir
-from .evaluate import evaluate_setup
+from .evaluate import eval_row, evaluate_setup
 from .forget import forget_run
 from .rundir import RunDir
 from .setup import Callback, prepare
@@ -109,7 +109,7 @@ def _train(cfg, resume: bool, callback: Callback | None) -> dict:
     if start == 0:
         zero = evaluate_setup(setup)
         if main:
-            w.log({"step": 0, "eval_accuracy": zero["accuracy"], "kind": "eval"})
+            w.log({"step": 0, **eval_row(zero), "kind": "eval"})
         emit({"event": "eval", "step": 0, **zero})
 
     # ------------------------------------------------------------------------------------------------ loop
@@ -138,7 +138,7 @@ def _train(cfg, resume: bool, callback: Callback | None) -> dict:
             row = _metrics_row(t + 1, lr, rel, t0 if per_step_costs else None, comm, logged_at)
             comm, logged_at = 0, t + 1
             if cfg.train.eval_every and (t + 1) % cfg.train.eval_every == 0 and t + 1 < steps:
-                row["eval_accuracy"] = evaluate_setup(setup)["accuracy"]
+                row.update(eval_row(evaluate_setup(setup)))
             if main:
                 w.log(row)
         if main and (t + 1) % cfg.train.checkpoint_every == 0 and t + 1 < steps:

@@ -10,13 +10,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+import torch
+
 from .. import tblog
-from ..data import CANARY_TEMPLATE, Task, balanced_pool, load_task, make_canaries, render
+from ..data import CANARY_TEMPLATE, Task, balanced_pool, load_task, make_canaries, render, render_example
+from ..errors import ConfigError
 from ..models import LoadedModel, load_model, resolve_device
 from ..trainable import HEAD_KINDS, LoraSpec, Selection, parse_kind, save_adapter, select, trainable_state
 from ..zo import kernels as Z
 from ..zo.engine import ZOEngine
 from ..zo.forward import Encoded
+from ..zo.sequences import SeqSpec
 
 Callback = Callable[[dict], None]
 
@@ -49,19 +53,46 @@ def build_model(cfg, task: Task | None = None) -> tuple[LoadedModel, Selection]:
     lo = cfg.trainable.lora
     verb = None
     if parse_kind(cfg.trainable.kind)[0] in HEAD_KINDS:
-        verb = lm.codec.verbalizer_ids((task if task is not None else build_task(cfg)).verbalizer)
+        task = task if task is not None else build_task(cfg)
+        if task.type != "classification":
+            raise ConfigError(f"trainable.kind: {cfg.trainable.kind} trains the label words' rows of the LM head; a "
+                              f"{task.type} task has no label words (use final_norm, lora, norms or top_layers:K)")
+        verb = lm.codec.verbalizer_ids(task.verbalizer)
     sel = select(lm.model, cfg.trainable.kind, LoraSpec(lo.r, lo.alpha, list(lo.target_modules), lo.layers),
                  seed=cfg.train.seed, verbalizer_ids=verb)
     return lm, sel
 
 
-def encode_examples(setup: Setup, examples) -> Encoded:
-    ids = [setup.lm.codec.encode(render(setup.task.template, ex.text)) for ex in examples]
+def encode_examples(setup: Setup, examples, *, for_decoding: bool = False) -> Encoded:
+    """Examples as the engine reads them: classification prompts, or prompts packed with their choices / gold
+    answer (zo.sequences) for the multi-token types. `for_decoding`: a generation task's eval set, which is decoded
+    (greedy, zo.decode) rather than scored, so it keeps only its prompts and gold answers (no prefix cache)."""
+    task, codec = setup.task, setup.lm.codec
+    if task.type == "classification":
+        ids = [codec.encode(render(task.template, ex.text)) for ex in examples]
+        return setup.engine.forward.encode(ids, [ex.label for ex in examples], disk_key=_disk_key(setup))
+    prompts = [codec.encode(render_example(task.template, ex)) for ex in examples]
+    if task.type == "generation":
+        answers = [tuple(ex.answers) for ex in examples]
+        if for_decoding:
+            return Encoded(prompts, torch.zeros(len(prompts), dtype=torch.long), answers=answers)
+        branches = [[codec.continuation(" " + ex.answers[0] + task.stop)] for ex in examples]
+    else:
+        answers = None
+        branches = [[codec.continuation(" " + c) for c in ex.choices] for ex in examples]
+    data = setup.engine.forward.encode_packed(prompts, branches, [ex.label for ex in examples],
+                                              disk_key=_disk_key(setup))
+    data.prompts, data.answers = prompts, answers
+    return data
+
+
+def _disk_key(setup: Setup) -> str | None:
+    """What identifies the model's weights for the on-disk prefix cache (None: the tiny model, built in ms)."""
     m = setup.cfg.model
     key = None if m.name == "tiny" else f"{m.name}|{m.dtype}"  # the tiny model builds its cache in milliseconds
     if key is not None and Path(m.name).is_dir():  # a local folder: its files' sizes and times identify the weights
         key += "|" + ";".join(f"{f.name}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in sorted(Path(m.name).iterdir()))
-    return setup.engine.forward.encode(ids, [ex.label for ex in examples], disk_key=key)
+    return key
 
 
 def prepare(cfg, *, need_pool: bool = True, need_eval: bool = True, callback: Callback | None = None,
@@ -77,9 +108,11 @@ def prepare(cfg, *, need_pool: bool = True, need_eval: bool = True, callback: Ca
     lm, sel = build_model(cfg, task)
     # one token id per word (token_id refuses a multi-token word); data.load_task already refused every label past
     # the verbalizer, row by row, in both files, so no label check is repeated here
-    verb = lm.codec.verbalizer_ids(task.verbalizer)
+    verb = lm.codec.verbalizer_ids(task.verbalizer) if task.type == "classification" else []
+    seq = None if task.type == "classification" else SeqSpec(task.type, task.choice_score, lm.codec, task.stop,
+                                                             task.max_new_tokens)
     engine = ZOEngine(sel, verb, device=device, micro_batch=cfg.train.micro_batch, use_cache=cfg.train.prefix_cache,
-                      z_kernel=zk)
+                      z_kernel=zk, seq=seq)
     setup = Setup(cfg, task, lm, sel, engine, verb)
     if need_pool:
         setup.pool_index = balanced_pool(task.train, cfg.task.pool_size, cfg.train.seed, task.label_names)
@@ -89,7 +122,7 @@ def prepare(cfg, *, need_pool: bool = True, need_eval: bool = True, callback: Ca
         setup.pool = encode_examples(setup, [task.train[i] for i in setup.pool_index])
     if need_eval:
         emit(callback, {"event": "status", "message": f"encoding {len(task.eval)} eval examples"})
-        setup.evalset = encode_examples(setup, task.eval)
+        setup.evalset = encode_examples(setup, task.eval, for_decoding=True)
     return setup
 
 

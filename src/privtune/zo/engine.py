@@ -16,12 +16,12 @@ from __future__ import annotations
 import contextlib
 
 import torch
-import torch.nn.functional as F
 
 from ..trainable import Selection
 from .forward import Encoded, Forward
 from .kernels import backend, resolve
 from .seeds import Direction
+from .sequences import SeqSpec, SequenceForward
 from .sums import zo_scalars
 
 
@@ -31,14 +31,19 @@ class ZOEngine:
 
     def __init__(self, selection: Selection, verbalizer_ids: list[int], device: torch.device | str = "cpu",
                  micro_batch: int = 64, use_cache: bool = True, keep_z: bool | None = None,
-                 z_kernel: str = "torch"):
+                 z_kernel: str = "torch", seq: SeqSpec | None = None):
         self.sel = selection
         self.model = selection.model
         self.params = selection.params
         self.device = torch.device(device)
         # The blocks below the first trainable one are frozen: their output is cached (unless use_cache is off).
-        self.forward = Forward(self.model, verbalizer_ids, self.device, micro_batch,
-                               cache_layer=selection.first_trainable_layer if use_cache else 0)
+        # A prompt's label-word logits (classification) or its answer's / choices' log-probs (zo.sequences)
+        cache_layer = selection.first_trainable_layer if use_cache else 0
+        if seq is None:
+            self.forward = Forward(self.model, verbalizer_ids, self.device, micro_batch, cache_layer=cache_layer)
+        else:
+            self.forward = SequenceForward(self.model, seq.task_type, seq.choice_score, self.device, micro_batch,
+                                           cache_layer=cache_layer, spec=seq)
         # Where z comes from (zo.kernels): torch (z materialized, banked) or triton (fused, z never stored).
         self.z_kernel = resolve(z_kernel, self.device)
         self.zb = backend(self.z_kernel)
@@ -148,13 +153,13 @@ class ZOEngine:
         """Per-example cross-entropy over the verbalizer logits, float32 [B]."""
         lg = self.logits(data, idx, direction)
         idx = list(range(len(data))) if idx is None else [int(i) for i in idx]
-        return F.cross_entropy(lg, data.labels[idx].to(lg.device), reduction="none")
+        return self.forward.loss(lg, data.labels[idx])
 
     def pair_losses(self, data: Encoded, idx, seed: int, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-example losses at θ+εz and θ−εz (float64): one batched pass over the whole batch, both signs sharing
         each block's z."""
         idx = list(range(len(data))) if idx is None else [int(i) for i in idx]
-        ce = lambda chunk, lg: F.cross_entropy(lg, data.labels[chunk].to(lg.device), reduction="none").double()
+        ce = lambda chunk, lg: self.forward.loss(lg, data.labels[chunk]).double()
         lp, lm = self.forward.per_example(data, idx, ce, [Direction(seed, +eps), Direction(seed, -eps)],
                                           perturbation=self)
         return lp, lm

@@ -146,6 +146,9 @@ class Encoded:
     ids: list[list[int]]
     labels: torch.Tensor  # long [N]
     cache: list[torch.Tensor] | None = field(default=None, repr=False)  # per example [len_i, d] at the cache layer
+    trees: list | None = field(default=None, repr=False)  # packed multi-token examples' layouts (zo.sequences.Tree)
+    prompts: list[list[int]] | None = field(default=None, repr=False)  # generation: the prompts alone (decoding)
+    answers: list[tuple[str, ...]] | None = field(default=None, repr=False)  # generation: the gold answers
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -180,6 +183,8 @@ class Forward:
     caches their output (0: no cache). A model without the Llama layout (no model.layers / model.norm) runs whole,
     uncached, through its own forward."""
 
+    task_type = "classification"
+
     def __init__(self, model, verbalizer_ids: list[int], device: torch.device | str = "cpu", micro_batch: int = 64,
                  cache_layer: int = 0):
         self.model = model
@@ -202,19 +207,19 @@ class Forward:
         self.pad_id = int(pid) if isinstance(pid, int) else 0
 
     # ------------------------------------------------------------------------------------ the frozen-prefix cache
-    def encode(self, ids: list[list[int]], labels, disk_key: str | None = None) -> Encoded:
+    def encode(self, ids: list[list[int]], labels, disk_key: str | None = None, trees=None) -> Encoded:
         """Tokenized examples plus, when the lower blocks are frozen, their output (the frozen-prefix cache).
 
         With `disk_key` (identifying the model weights), the cache is also kept on disk under PRIVTUNE_CACHE, so
         runs that share a model, a trainable boundary and examples build it once.
         """
-        data = Encoded([list(x) for x in ids], torch.as_tensor(labels, dtype=torch.long))
+        data = Encoded([list(x) for x in ids], torch.as_tensor(labels, dtype=torch.long), trees=trees)
         if self.cache_layer == 0:
             return data
         path = self._disk_path(disk_key, data) if disk_key is not None else None
         if path is not None and path.exists():
             try:
-                data.cache = self._trim([t.to(self.device) for t in torch.load(path, weights_only=True)])
+                data.cache = self._trim(data, [t.to(self.device) for t in torch.load(path, weights_only=True)])
                 return data
             except Exception:  # a torn or foreign file: rebuild it
                 path.unlink(missing_ok=True)
@@ -224,7 +229,7 @@ class Forward:
             torch.save([t.cpu() for t in cache], buf)
             path.parent.mkdir(parents=True, exist_ok=True)
             atomic_write_bytes(path, buf.getvalue())
-        data.cache = self._trim(cache)
+        data.cache = self._trim(data, cache)
         return data
 
     @torch.no_grad()
@@ -234,7 +239,7 @@ class Forward:
         for chunk in self.chunks(data):
             ids, attn = self.pad(data, chunk)
             h = self.base.embed_tokens(ids)
-            h = run_blocks(self.layers[:self.cache_layer], h, geometry(self.base.rotary_emb, attn, h))
+            h = run_blocks(self.layers[:self.cache_layer], h, self._geometry(data, chunk, attn, h))
             for row, j in enumerate(chunk):
                 cache[j] = h[row, h.shape[1] - len(data.ids[j]):].clone()
         return cache
@@ -242,7 +247,7 @@ class Forward:
     def _caches_everything(self) -> bool:
         return self.layers is not None and self.cache_layer == len(self.layers)
 
-    def _trim(self, cache: list[torch.Tensor]) -> list[torch.Tensor]:
+    def _trim(self, data: Encoded, cache: list[torch.Tensor]) -> list[torch.Tensor]:
         """When every block is cached only the last position is ever read: keep just that row."""
         return [c[-1:].clone() for c in cache] if self._caches_everything() else cache
 
@@ -250,6 +255,8 @@ class Forward:
         h = hashlib.sha256(f"{disk_key}|layer={self.cache_layer}|mb={self.micro_batch}|{self.device.type}".encode())
         for x in data.ids:
             h.update(b"|" + ",".join(map(str, x)).encode())
+        for t in data.trees or ():  # a packed example's states depend on its tree mask and positions too
+            h.update(f"|{t.branch}{t.pos}".encode())
         return cache_dir() / "prefix" / f"{h.hexdigest()[:40]}.pt"
 
     # --------------------------------------------------------------------------------------------- micro-batches
@@ -286,8 +293,8 @@ class Forward:
         starts = [self._start_states(data, c) for c in chunks]
         start = self.cache_layer if data.cache is not None else 0
         n_layers = len(self.layers)
-        geos = [geometry(self.base.rotary_emb, attn, h0 if h0 is not None else self.base.embed_tokens.weight[:1, None])
-                if start < n_layers else None for h0, _, attn in starts]
+        geos = [self._geometry(data, c, attn, h0 if h0 is not None else self.base.embed_tokens.weight[:1, None])
+                if start < n_layers else None for c, (h0, _, attn) in zip(chunks, starts)]
         head = (self.head_weight,)  # a trainable head's perturbed tensor must outlive the blocks: the head runs last
         if self.verbalizer_head is not None:
             head += (self.verbalizer_head.weight,)
@@ -298,7 +305,7 @@ class Forward:
         perturbation.forget(directions, keep=head)
         for li in range(start, n_layers):
             layer = self.layers[li]
-            run = last_position_block if (li == n_layers - 1 and self.last_position_only) else run_block
+            run = self._last_block if (li == n_layers - 1 and self.last_position_only) else run_block
             for di, d in enumerate(directions):
                 with perturbation.at(d):
                     states[di] = [run(layer, h, g) for h, g in zip(states[di], geos)]
@@ -306,15 +313,33 @@ class Forward:
         out = []
         for di, d in enumerate(directions):
             with perturbation.at(d):
-                if self.verbalizer_head is not None:  # the head's own rows (the LM head's bias rows stay frozen)
-                    b = self.head_bias[self.verb] if self.head_bias is not None else None
-                    out.append([head_logits(self.base.norm, h, self.verbalizer_head, b) for h in states[di]])
-                    continue
-                w = perturbation.value(self.head_weight)[self.verb]
-                b = perturbation.value(self.head_bias)[self.verb] if self.head_bias is not None else None
-                out.append([last_position_logits(self.base.norm, h, w, b) for h in states[di]])
+                out.append(self._outputs(data, chunks, states[di], perturbation))
         perturbation.forget(directions)
         return out
+
+    # ------------------------------------------------------ what a task type changes (zo.sequences overrides these)
+    def _geometry(self, data: Encoded, chunk: list[int], attn: torch.Tensor, h: torch.Tensor) -> Geometry:
+        """The geometry of a chunk's left-padded rows (a prompt is one causal sequence)."""
+        return geometry(self.base.rotary_emb, attn, h)
+
+    def _last_block(self, layer, h: torch.Tensor, geo: Geometry) -> torch.Tensor:
+        """The last block, computed only where the outputs read it: the last position of each prompt."""
+        return last_position_block(layer, h, geo)
+
+    def _outputs(self, data: Encoded, chunks: list[list[int]], states: list[torch.Tensor], perturbation
+                 ) -> list[torch.Tensor]:
+        """Per chunk, the [B, C] float32 logits of the verbalizer rows at the last position (under the active
+        direction: the caller is inside perturbation.at)."""
+        if self.verbalizer_head is not None:  # the head's own rows (the LM head's bias rows stay frozen)
+            b = self.head_bias[self.verb] if self.head_bias is not None else None
+            return [head_logits(self.base.norm, h, self.verbalizer_head, b) for h in states]
+        w = perturbation.value(self.head_weight)[self.verb]
+        b = perturbation.value(self.head_bias)[self.verb] if self.head_bias is not None else None
+        return [last_position_logits(self.base.norm, h, w, b) for h in states]
+
+    def loss(self, outputs: torch.Tensor, labels: torch.Tensor, reduction: str = "none") -> torch.Tensor:
+        """The per-example training loss of a chunk's outputs: cross-entropy over the label words' logits."""
+        return F.cross_entropy(outputs, labels.to(outputs.device), reduction=reduction)
 
     def _generic_logits(self, data: Encoded, chunk: list[int], d, perturbation) -> torch.Tensor:
         """Any HF causal LM (no prefix cache): full forward, last position only."""

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from .. import dist
+from ..qa_metrics import squad_scores
 
 
 def zo_scalars(lp: torch.Tensor, lm: torch.Tensor, eps: float) -> torch.Tensor:
@@ -77,3 +78,15 @@ def accuracy(engine, data, callback=None) -> tuple[float, int]:
         return np.array([float(hit[j]) for j in flat], dtype=np.float64)
     correct = int(chunk_sums(engine, data, None, hits, 1)[0])
     return correct / max(len(data), 1), correct
+
+
+def score(engine, data, callback=None) -> dict:
+    """Eval metrics of the engine's model as it is now on Encoded `data`: accuracy (classification,
+    multiple_choice: argmax over the label words or the choices' scores), or for generation the SQuAD exact match
+    and token F1 of its greedy answers (max over the gold answers), as fractions."""
+    if engine.forward.task_type == "generation":
+        preds = engine.forward.generate(data.prompts if data.prompts is not None else data.ids, callback)
+        s = squad_scores(preds, data.answers)
+        return {"f1": s["f1"] / 100.0, "exact_match": s["exact_match"] / 100.0, "total": len(preds)}
+    acc, correct = accuracy(engine, data, callback=callback)
+    return {"accuracy": acc, "correct": correct, "total": len(data)}

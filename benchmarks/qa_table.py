@@ -1,0 +1,85 @@
+"""Multiple-choice and generative QA on SmolLM2-135M: zero-shot and each method's shipped preset, over seeds.
+
+For each task (SQuAD: greedy-decoded F1 / exact match; ARC-Easy: accuracy over the choices' summed log-probs) every
+mechanism runs its preset configs/<task>_<mechanism>.yaml unchanged, except the seed (train.seed = s; the secret key
+of seed s is PRIVTUNE_SECRET_SEED=1000+s) and any overrides given on the command line. Zero-shot is every run's step-0
+eval (the same model on the same eval set). Runs are plain `privtune train` processes (benchmarks/frontier.py's
+runner: a finished run with the same command is reused, so an interrupted table resumes); cpu_s is the process's
+user+system CPU time.
+
+Usage: python benchmarks/qa_table.py --task squad|arc_easy [--seeds 0,1,2] [--only mezo,paczero-zpl,dpzero,dpsgd-lora]
+           [--runs DIR] [--out FILE] [key=value ...]
+Writes benchmarks/results/qa_<task>.json: `rows` (method, metric, accuracy_mean = the metric's mean, accuracy_std,
+seeds, cpu_s, and the guarantee) and `runs`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+_spec = importlib.util.spec_from_file_location("frontier", Path(__file__).with_name("frontier.py"))
+frontier = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(frontier)
+
+TASKS = ("squad", "arc_easy")
+MECHANISMS = ("mezo", "paczero-zpl", "dpzero", "dpsgd-lora")
+
+
+def preset(task: str, mechanism: str) -> str:
+    return f"configs/{task}_{mechanism.replace('-', '_')}.yaml"
+
+
+def plan(task: str, mechanisms: list[str], seeds: list[int], extra: list[str]) -> list[dict]:
+    return [{"mechanism": m, "level": None, "seed": s, "tag": f"{m}_s{s}", "preset": preset(task, m),
+             "overrides": [f"train.seed={s}", *extra]} for m in mechanisms for s in seeds]
+
+
+def rows(runs: list[dict]) -> list[dict]:
+    """frontier.rows_of, plus for a generation task the mean exact match beside the F1 (`accuracy_mean`)."""
+    out = frontier.rows_of(runs)
+    if runs and runs[0]["metric"] == "f1":
+        for row in out:
+            if row["method"] == "zero-shot":
+                row["exact_match_mean"] = runs[0]["initial_exact_match"]
+            else:
+                em = [r["exact_match"] for r in runs if r["mechanism"] == row["method"]]
+                row["exact_match_mean"] = sum(em) / len(em)
+    return out
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--task", required=True, choices=TASKS)
+    ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--only", default=",".join(MECHANISMS))
+    ap.add_argument("--runs", default=None, help="run dirs (default runs/qa_<task>)")
+    ap.add_argument("--out", default=None, help="default benchmarks/results/qa_<task>.json")
+    ap.add_argument("overrides", nargs="*", help="key=value applied to every run")
+    args = ap.parse_args()
+    mechanisms = args.only.split(",")
+    unknown = [m for m in mechanisms if m not in MECHANISMS]
+    if unknown:
+        ap.error(f"--only: unknown mechanism(s) {unknown}; known: {list(MECHANISMS)}")
+    seeds = [int(s) for s in args.seeds.split(",")]
+    runs_dir = Path(args.runs or f"runs/qa_{args.task}")
+    runs_dir.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    runs = frontier.run_all(plan(args.task, mechanisms, seeds, args.overrides), runs_dir, jobs=1)
+    result = {"benchmark": "qa_table", "task": args.task, "model": "SmolLM2-135M-Instruct",
+              "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]), "metric": runs[0]["metric"],
+              "threads_per_run": frontier.THREADS, "seeds": seeds, "wall_s": round(time.time() - t0, 1),
+              "cpu_s_total": round(sum(r["cpu_s"] for r in runs), 1), "rows": rows(runs), "runs": runs}
+    out = Path(args.out or REPO / "benchmarks" / "results" / f"qa_{args.task}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {out}: {len(runs)} runs, {result['cpu_s_total'] / 60:.1f} CPU-minutes", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
