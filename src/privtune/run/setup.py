@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Callable
 
 from .. import tblog
-from ..data import CANARY_TEMPLATE, Task, balanced_pool, load_task, make_canaries, render
+from ..data import CANARY_TEMPLATE, Task, draw_pool, load_task, make_canaries, render
 from ..models import LoadedModel, load_model, resolve_device
 from ..trainable import HEAD_KINDS, LoraSpec, Selection, parse_kind, save_adapter, select, trainable_state
 from ..zo import kernels as Z
@@ -39,7 +39,9 @@ def build_task(cfg) -> Task:
     t = cfg.task
     return load_task(t.name, train_path=t.train_path, eval_path=t.eval_path, text_column=t.text_column,
                      label_column=t.label_column, label_names=t.label_names, template=t.template,
-                     verbalizer=t.verbalizer, eval_limit=t.eval_limit)
+                     verbalizer=t.verbalizer, eval_limit=t.eval_limit, task_type=t.type,
+                     choices_column=t.choices_column, answers_column=t.answers_column,
+                     choice_score=t.choice_score, max_new_tokens=t.max_new_tokens, stop=t.stop)
 
 
 def build_model(cfg, task: Task | None = None) -> tuple[LoadedModel, Selection]:
@@ -82,7 +84,7 @@ def prepare(cfg, *, need_pool: bool = True, need_eval: bool = True, callback: Ca
                       z_kernel=zk)
     setup = Setup(cfg, task, lm, sel, engine, verb)
     if need_pool:
-        setup.pool_index = balanced_pool(task.train, cfg.task.pool_size, cfg.train.seed, task.label_names)
+        setup.pool_index = draw_pool(task, cfg.task.pool_size, cfg.train.seed)
         if cfg.task.canaries:
             setup.canaries = add_canaries(task, setup.pool_index, cfg.task.canaries, cfg.train.seed)
         emit(callback, {"event": "status", "message": f"encoding {len(setup.pool_index)} training examples"})
