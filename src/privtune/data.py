@@ -951,3 +951,45 @@ def make_canaries(n: int, n_labels: int, seed: int) -> tuple[list[Example], list
     included = rng.random(n) < 0.5
     texts = [CANARY_TEMPLATE.format(name=fake.name(), email=fake.email(), phone=fake.phone_number()) for _ in range(n)]
     return [Example(t, int(y)) for t, y in zip(texts, labels)], [bool(x) for x in included]
+
+
+QA_CANARY_QUESTION = "What is {name}'s phone number?"
+
+
+def make_qa_canaries(n: int, task: Task, seed: int) -> tuple[list[Example], list[bool]]:
+    """n canaries in QA form for a multiple_choice or generation task, and for each whether it joins the training
+    pool (probability ½ each, independently, from its own SeedSequence as in `make_canaries`).
+
+    Each is a faker person asked about: text "What is <name>'s phone number?". Generation: the one answer is the
+    phone number. Multiple choice: the true number and 3 other faker numbers, the true one at a seeded position
+    (label). The template's other fields get neutral values that never hold the number (context: the person's job
+    and city; title: the name; any other field ""), so only memorisation answers the question. A pure function of
+    (n, task.type, task.template, task.text_column, seed)."""
+    from faker import Faker
+
+    if task.type not in ("multiple_choice", "generation"):
+        raise ValueError(f"make_qa_canaries: a {task.type} task takes make_canaries")
+    fake = Faker("en_US")
+    fake.seed_instance(int(seed))
+    rng = np.random.default_rng(np.random.SeedSequence([int(seed), 11]))
+    included = rng.random(n) < 0.5
+    order = np.random.default_rng(np.random.SeedSequence([int(seed), 12]))  # where the true number sits (MC)
+    canaries = []
+    for _ in range(n):
+        name, phone, job, city = fake.name(), fake.phone_number(), fake.job(), fake.city()
+        question = QA_CANARY_QUESTION.format(name=name)
+        neutral = {"context": f"{name} works as a {job} in {city}.", "title": name}
+        fields = tuple((f, question if f == task.text_column else neutral.get(f, ""))
+                       for f in template_fields(task.template))
+        if task.type == "generation":
+            canaries.append(Example(question, 0, answers=(phone,), fields=fields))
+            continue
+        others: list[str] = []
+        while len(others) < 3:  # distinct decoys: a duplicate of the true number would make two choices right
+            other = fake.phone_number()
+            if other != phone and other not in others:
+                others.append(other)
+        label = int(order.integers(4))
+        choices = others[:label] + [phone] + others[label:]
+        canaries.append(Example(question, label, choices=tuple(choices), fields=fields))
+    return canaries, [bool(x) for x in included]

@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import Callable
 
 from .. import tblog
-from ..data import CANARY_TEMPLATE, Task, draw_pool, load_task, make_canaries, render
+from ..data import (CANARY_TEMPLATE, QA_CANARY_QUESTION, Task, draw_pool, load_task, make_canaries,
+                    make_qa_canaries, render)
 from ..models import LoadedModel, load_model, resolve_device
 from ..trainable import HEAD_KINDS, LoraSpec, Selection, parse_kind, save_adapter, select, trainable_state
 from ..zo import kernels as Z
@@ -96,13 +97,27 @@ def prepare(cfg, *, need_pool: bool = True, need_eval: bool = True, callback: Ca
 
 
 def add_canaries(task: Task, pool_index: list[int], n: int, seed: int) -> dict:
-    """Audit mode: append n canaries to task.train and the included ones to the pool (in place)."""
-    canaries, included = make_canaries(n, task.n_labels, seed)
+    """Audit mode: append n canaries to task.train and the included ones to the pool (in place). The returned dict
+    (run dir canaries.json) holds what the audit needs to rebuild them: for multiple choice and generation also
+    each canary's choices or answers, its template fields and the task's prompt template."""
+    if task.type == "classification":
+        canaries, included = make_canaries(n, task.n_labels, seed)
+    else:
+        canaries, included = make_qa_canaries(n, task, seed)
     start = len(task.train)
     task.train.extend(canaries)
     pool_index.extend(start + j for j, inc in enumerate(included) if inc)
-    return {"template": CANARY_TEMPLATE, "seed": seed, "texts": [c.text for c in canaries],
-            "labels": [c.label for c in canaries], "included": included}
+    if task.type == "classification":
+        return {"template": CANARY_TEMPLATE, "seed": seed, "texts": [c.text for c in canaries],
+                "labels": [c.label for c in canaries], "included": included}
+    out = {"type": task.type, "template": QA_CANARY_QUESTION, "prompt_template": task.template, "seed": seed,
+           "texts": [c.text for c in canaries], "labels": [c.label for c in canaries], "included": included,
+           "fields": [[list(f) for f in c.fields] for c in canaries]}
+    if task.type == "multiple_choice":
+        out["choices"] = [list(c.choices) for c in canaries]
+    else:
+        out["answers"] = [list(c.answers) for c in canaries]
+    return out
 
 
 def engine_record(setup: Setup) -> dict:
