@@ -34,14 +34,20 @@ class ModelCfg(Strict):
 
 
 class TaskCfg(Strict):
-    name: str = "sst2"  # sst2 | agnews | custom
+    name: str = "sst2"  # sst2 | agnews | squad | arc_easy | arc_challenge | openbookqa | custom
+    type: Literal["classification", "multiple_choice", "generation"] | None = None  # null: the built-in's type
     train_path: str | None = None
     eval_path: str | None = None
     text_column: str = "text"
     label_column: str = "label"
+    choices_column: str = "choices"  # multiple_choice: column holding the list of answer options
+    answers_column: str = "answers"  # generation: column holding the gold answers (a list of strings, or one)
     label_names: list[str] | None = None
     template: str | None = None  # default per task; must contain {text}
     verbalizer: list[str] | None = None  # one single-token word per label
+    choice_score: Literal["sum", "mean"] = "sum"  # multiple_choice: sum or per-token mean of a choice's log-probs
+    max_new_tokens: PosInt = 32  # generation: greedy decoding at eval stops after this many new tokens
+    stop: Annotated[str, Field(min_length=1)] = "\n"  # generation: decoding stops at it; training appends it
     pool_size: PosInt = 1000  # balanced, seeded training pool (PACZero paper: N = 1000)
     eval_limit: PosInt | None = None  # evaluate on the first K eval examples only
     canaries: Annotated[int, Field(ge=0)] = 0  # audit mode: n PII canaries, each in the pool w.p. ½ (privtune audit)

@@ -1,8 +1,13 @@
-"""Tasks, prompt templates, verbalizers, balanced pools and seeded batches.
+"""Tasks, prompt templates, verbalizers, pools and seeded batches.
 
-A task is two lists of `Example`s (train, eval), a prompt template with one `{text}` slot, and a verbalizer: one
-word per label, scored by the model at the end of the prompt. Built-in tasks (`TASKS`) read the shared data dir
-(`data_dir()`); a custom task names its own .tsv/.csv/.jsonl/.parquet files or `datasets.save_to_disk` folders.
+A task is two lists of `Example`s (train, eval) and a prompt template, of one of three types (`TASK_TYPES`):
+- classification: a template with one `{text}` slot and a verbalizer, one word per label, scored by the model at the
+  end of the prompt;
+- multiple_choice: each example holds 2..5 answer options (`choices`) and the index of the right one (`label`);
+- generation: each example holds one or more gold answers (`answers`); the first is the one trained on.
+Templates of the last two may name any column as `{name}` (`render_example`). Built-in tasks (`TASKS`) read the
+shared data dir (`data_dir()`); a custom task names its own .tsv/.csv/.jsonl/.parquet files or
+`datasets.save_to_disk` folders (multiple choice needs a format that holds lists: not .tsv/.csv).
 
 Privacy hygiene: error messages name the file, the row and the column, never a row's text.
 """
@@ -36,25 +41,34 @@ def __getattr__(name: str) -> Any:  # `data.DATA_DIR` is evaluated on access, so
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
+TASK_TYPES = ("classification", "multiple_choice", "generation")
+CHOICE_SCORES = ("sum", "mean")  # a choice's score: the sum, or the per-token mean, of its tokens' log-probs
+MIN_CHOICES, MAX_CHOICES = 2, 5
+_FIELD = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")  # a template's `{name}` slots
+
+
 @dataclass(frozen=True)
 class Example:
     text: str
     label: int  # classification: the class; multiple_choice: index into choices; generation: 0
-    choices: tuple[str, ...] = ()  # multiple_choice: the answer options
-    answers: tuple[str, ...] = ()  # generation: the gold answers; answers[0] is the one trained on
-    fields: tuple[tuple[str, str], ...] = ()  # other template fields by column name (("context", ...), ...)
+    choices: tuple[str, ...] = ()  # multiple_choice: 2..5 answer options (non-empty strings)
+    answers: tuple[str, ...] = ()  # generation: >= 1 gold answers (non-empty strings); answers[0] is trained on
+    fields: tuple[tuple[str, str], ...] = ()  # other template fields by column name, e.g. (("context", ...),)
 
 
 @dataclass(frozen=True)
 class TaskSpec:
     """A built-in task: files relative to `data_dir()`, how labels are written there, default prompt."""
 
-    train: str
+    train: str | None  # None: an eval-only task (no train split)
     eval: str
-    n_labels: int
+    n_labels: int  # classification: the number of labels; other types: 0 (the rows say)
     label_names: tuple[str, ...] | None  # None: the files hold integer labels 0..n_labels-1
     template: str
-    verbalizer: tuple[str, ...]
+    verbalizer: tuple[str, ...]  # () for non-classification tasks
+    type: str = "classification"
+    text_column: str = "text"
+    dev: str | None = None  # a validation split for tuning presets (benchmarks only), where the source has one
 
 
 TASKS: dict[str, TaskSpec] = {
@@ -74,6 +88,37 @@ TASKS: dict[str, TaskSpec] = {
         template="Article: {text}\nTopic:",
         verbalizer=(" world", " sports", " business", " science"),
     ),
+    "squad": TaskSpec(  # generation; template: MeZO's SQuAD prompt
+        train="squad/train.jsonl",
+        eval="squad/dev.jsonl",
+        n_labels=0,
+        label_names=None,
+        template="Title: {title}\nContext: {context}\nQuestion: {question}\nAnswer:",
+        verbalizer=(),
+        type="generation",
+        text_column="question",
+    ),
+    **{name: TaskSpec(  # ARC reports on its test split (the papers do); dev is for tuning presets only
+        train=f"{name}/train.jsonl",
+        eval=f"{name}/test.jsonl",
+        n_labels=0,
+        label_names=None,
+        template="Question: {question}\nAnswer:",
+        verbalizer=(),
+        type="multiple_choice",
+        text_column="question",
+        dev=f"{name}/dev.jsonl",
+    ) for name in ("arc_easy", "arc_challenge")},
+    "openbookqa": TaskSpec(  # only the test split is shipped: eval only
+        train=None,
+        eval="openbookqa/test.jsonl",
+        n_labels=0,
+        label_names=None,
+        template="Question: {question}\nAnswer:",
+        verbalizer=(),
+        type="multiple_choice",
+        text_column="question",
+    ),
 }
 
 
@@ -81,17 +126,23 @@ TASKS: dict[str, TaskSpec] = {
 class Task:
     name: str
     template: str
-    verbalizer: list[str]  # verbalizer[label] is the word the model should put after the prompt
+    verbalizer: list[str]  # verbalizer[label]: the word the model puts after the prompt; [] unless classification
     train: list[Example]
     eval: list[Example]
     label_names: list[str] | None = None  # label_names[label] as written in the files; None: integer labels
     type: str = "classification"
-    choice_score: str = "sum"
-    max_new_tokens: int = 32
-    stop: str = "\n"
+    choice_score: str = "sum"  # multiple_choice: "sum" or "mean" (per token) of a choice's token log-probs
+    max_new_tokens: int = 32  # generation: greedy decoding stops after this many tokens ...
+    stop: str = "\n"  # ... or at this string; training appends it to answers[0]
+    text_column: str = "text"  # the column Example.text came from (a template may name it as {column} too)
 
     @property
     def n_labels(self) -> int:
+        """Classification: the verbalizer's size; multiple choice: the most choices of any example; generation: 1."""
+        if self.type == "multiple_choice":
+            return max((len(ex.choices) for ex in (*self.train, *self.eval)), default=0)
+        if self.type == "generation":
+            return 1
         return len(self.verbalizer)
 
 
@@ -101,10 +152,17 @@ def render(template: str, text: str) -> str:
 
 
 def render_example(template: str, ex: Example) -> str:
-    out = template.replace("{text}", ex.text.rstrip())
-    for name, value in ex.fields:
-        out = out.replace("{" + name + "}", value)
-    return out
+    """The prompt for one example of any type: `{text}` is ex.text (right-stripped, as in `render`), `{name}` the
+    value of field `name`. Plain replacement, never str.format: texts hold braces. All slots are replaced in one
+    pass, so a value that itself holds "{context}" is left as written rather than filled in."""
+    values = {"{text}": ex.text.rstrip(), **{"{" + name + "}": value for name, value in ex.fields}}
+    slots = re.compile("|".join(re.escape(k) for k in sorted(values, key=len, reverse=True)))
+    return slots.sub(lambda m: values[m.group(0)], template)
+
+
+def template_fields(template: str) -> list[str]:
+    """The `{name}` slots of a template other than `{text}`, each once, in order of first appearance."""
+    return list(dict.fromkeys(n for n in _FIELD.findall(template) if n != "text"))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -275,9 +333,8 @@ def _parse_label(value: Any, names: dict[str, int] | None, n_labels: int | None,
     return label
 
 
-def _rows_text(path: Path, suffix: str, text_column: str,
-               label_column: str) -> Iterator[tuple[int, int, Any, Any]]:
-    """(row, line, text, label) of a .tsv/.csv/.jsonl file."""
+def _read_text(path: Path) -> str:
+    """The whole of a UTF-8 text file (a byte-order mark tolerated); DataError if unreadable or empty."""
     try:
         with path.open(encoding="utf-8-sig", newline="") as f:  # -sig: tolerate a byte-order mark
             content = f.read()
@@ -287,6 +344,13 @@ def _rows_text(path: Path, suffix: str, text_column: str,
         raise DataError(f"{path}: cannot read ({e.strerror})") from None
     if not content.strip():
         raise DataError(f"{path}: file is empty")
+    return content
+
+
+def _rows_text(path: Path, suffix: str, text_column: str,
+               label_column: str) -> Iterator[tuple[int, int, Any, Any]]:
+    """(row, line, text, label) of a .tsv/.csv/.jsonl file."""
+    content = _read_text(path)
     if suffix == ".jsonl":
         return _rows_jsonl(path, content, text_column, label_column)
     if suffix == ".tsv":  # SST-2 text holds bare quotes: no quoting at all
@@ -364,6 +428,217 @@ def load_examples(path: str | os.PathLike, text_column: str = "text", label_colu
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# Loading multiple-choice and generation files: each row is a record of named columns
+
+
+Record = Iterator[tuple[int, int | None, dict[str, Any]]]  # (row, line or None, {column: value})
+
+
+def _records_jsonl(path: Path, content: str, columns: Sequence[str]) -> Record:
+    row = 0
+    for line_no, line in enumerate(content.splitlines(), start=1):
+        if not line.strip():
+            continue
+        row += 1
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:  # e.msg describes the syntax error without quoting the line
+            raise DataError(f"{path}: line {line_no} is not valid JSON ({e.msg} at column {e.colno})") from None
+        except RecursionError:
+            raise DataError(f"{path}: line {line_no} is JSON nested too deeply") from None
+        except ValueError:  # an integer over Python's 4300-digit limit
+            raise DataError(f"{path}: line {line_no} holds a JSON number too long to read") from None
+        if not isinstance(obj, dict):
+            raise DataError(f"{path}: line {line_no} is a JSON {type(obj).__name__}, expected an object "
+                            f"with fields {_columns(columns)}")
+        for col in columns:
+            if col not in obj:
+                raise DataError(f"{path}: row {row} (line {line_no}) has no {_shown(col)} field "
+                                f"(fields found: {_columns(list(obj))})")
+        yield row, line_no, {col: obj[col] for col in columns}
+
+
+def _records_delimited(path: Path, content: str, delimiter: str, quoting: int, columns: Sequence[str]) -> Record:
+    reader = csv.reader(io.StringIO(content), delimiter=delimiter, quoting=quoting, strict=True)
+    try:
+        header = next(reader, None)
+        if header is None:
+            raise DataError(f"{path}: file is empty (expected a header line naming the columns)")
+        header = [h.strip() for h in header]
+        dupes = sorted({h for h in header if header.count(h) > 1})
+        if dupes:
+            raise DataError(f"{path}: duplicate column name(s) in the header: {_columns(dupes)}")
+        for col in columns:
+            if col not in header:
+                raise _missing_column(path, col, header, "; does the file start with a header line?")
+        at = {col: header.index(col) for col in columns}
+        row = 0
+        for fields in reader:
+            if not fields:  # blank line
+                continue
+            row += 1
+            if len(fields) != len(header):
+                raise DataError(f"{path}: row {row} (line {reader.line_num}) has {len(fields)} fields, "
+                                f"expected {len(header)} like the header")
+            yield row, reader.line_num, {col: fields[i] for col, i in at.items()}
+    except csv.Error as e:
+        raise DataError(f"{path}: malformed {path.suffix} near line {reader.line_num}: {e}") from None
+
+
+def _records_parquet(path: Path, columns: Sequence[str]) -> Record:
+    pq = _optional("pyarrow.parquet", path, ".parquet files")
+    try:  # the footer only: its errors (bad magic bytes, truncated file) hold no row values
+        names = pq.read_schema(path).names
+    except Exception as e:  # pyarrow raises its own ArrowInvalid / ArrowIOError / OSError mix
+        raise DataError(f"{path}: not a readable Parquet file ({str(e).splitlines()[0][:160]})") from None
+    for col in columns:
+        if col not in names:
+            raise _missing_column(path, col, names)
+    try:
+        table = pq.read_table(path, columns=list(columns))
+    except Exception as e:  # a damaged data page; the message may describe values, so only its type is shown
+        raise DataError(f"{path}: cannot read the Parquet data ({type(e).__name__})") from None
+    return ((row, None, rec) for row, rec in enumerate(table.to_pylist(), start=1))
+
+
+def _records_saved_dataset(path: Path, columns: Sequence[str]) -> Record:
+    if _saved_dataset_kind(path) == "dict":  # the classification reader words this error: reuse it
+        _rows_saved_dataset(path, columns[0], columns[0], None)
+    ds_lib = _optional("datasets", path, "a save_to_disk folder")
+    try:
+        ds = ds_lib.load_from_disk(str(path))
+    except Exception as e:  # datasets raises FileNotFoundError, ValueError, pyarrow errors for a damaged folder
+        raise DataError(f"{path}: cannot load this datasets folder ({type(e).__name__})") from None
+    for col in columns:
+        if col not in ds.column_names:
+            raise _missing_column(path, col, ds.column_names)
+    values = {col: list(ds[col]) for col in columns}
+    return ((row, None, {col: values[col][row - 1] for col in columns}) for row in range(1, len(ds) + 1))
+
+
+def _records(path: Path, columns: Sequence[str], task_type: str) -> Record:
+    """(row, line, {column: value}) for every row of a custom or built-in file of a non-classification task."""
+    if not path.exists():
+        raise DataError(f"{path}: file not found")
+    suffix = path.suffix.lower()
+    if path.is_dir():
+        if _saved_dataset_kind(path) is None:
+            raise DataError(f"{path}: is a directory, expected a {', '.join(EXTENSIONS)} file or a folder written "
+                            "by datasets' save_to_disk")
+        return _records_saved_dataset(path, columns)
+    if suffix not in EXTENSIONS:
+        raise DataError(f"{path}: unsupported file type {path.suffix or '(no extension)'!r} "
+                        f"(use {', '.join(EXTENSIONS)} or a datasets save_to_disk folder)")
+    if suffix in (".tsv", ".csv") and task_type == "multiple_choice":
+        raise DataError(f"{path}: a {suffix} file cannot hold a list of choices per row; use .jsonl (one JSON "
+                        "object per line, choices as a JSON list)")
+    if suffix == ".parquet":
+        return _records_parquet(path, columns)
+    content = _read_text(path)
+    if suffix == ".jsonl":
+        return _records_jsonl(path, content, columns)
+    if suffix == ".tsv":  # as for classification: no quoting at all
+        return _records_delimited(path, content, "\t", csv.QUOTE_NONE, columns)
+    return _records_delimited(path, content, ",", csv.QUOTE_MINIMAL, columns)
+
+
+def _string(value: Any, what: str, where: Callable[[str], str], *, empty_ok: bool = False) -> str:
+    """A row's string value, stripped; DataError naming `what` (a column, an entry) otherwise, never the value."""
+    if value is None:
+        raise DataError(where(what) + " is missing (null)")
+    if not isinstance(value, str):
+        raise DataError(where(what) + f" is a {type(value).__name__}, expected a string")
+    value = value.strip()
+    if not value and not empty_ok:
+        raise DataError(where(what) + " is empty")
+    if not value.isascii() and _SURROGATE.search(value):  # only a JSON \ud800-style escape can make one
+        raise DataError(where(what) + " holds a lone surrogate (not valid Unicode)")
+    return value
+
+
+def _choices(value: Any, column: str, where: Callable[[str], str]) -> tuple[str, ...]:
+    if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)):
+        raise DataError(where(f"column {column!r}") + f" is a {type(value).__name__}, expected a list of "
+                        f"{MIN_CHOICES} to {MAX_CHOICES} answer options")
+    if not MIN_CHOICES <= len(value) <= MAX_CHOICES:
+        raise DataError(where(f"column {column!r}") + f" has {len(value)} choices, expected "
+                        f"{MIN_CHOICES} to {MAX_CHOICES}")
+    return tuple(_string(c, f"choice {i} in column {column!r}", where) for i, c in enumerate(value))
+
+
+def _answers(value: Any, column: str, where: Callable[[str], str]) -> tuple[str, ...]:
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, (list, tuple)):
+        raise DataError(where(f"column {column!r}") + f" is a {type(value).__name__}, expected a list of answer "
+                        "strings or one string")
+    if not value:
+        raise DataError(where(f"column {column!r}") + " has no answers (expected at least one)")
+    answers = [_string(a, f"answer {i} in column {column!r}", where) for i, a in enumerate(value)]
+    return tuple(dict.fromkeys(answers))  # duplicates dropped, first-seen order kept: answers[0] stays first
+
+
+def _choice_label(value: Any, column: str, n_choices: int, where: Callable[[str], str]) -> int:
+    if isinstance(value, int) and not isinstance(value, bool):
+        label = value
+    elif isinstance(value, str) and _INT.fullmatch(value.strip()) and len(value.strip()) < 20:
+        label = int(value.strip())
+    else:
+        raise DataError(where(f"label in column {column!r}") + " is not an integer (the index of the right choice)")
+    if not 0 <= label < n_choices:
+        raise DataError(where(f"label {label} in column {column!r}") + f" is out of range for that row's "
+                        f"{n_choices} choices [0, {n_choices})")
+    return label
+
+
+def load_qa_examples(path: str | os.PathLike, task_type: str, fields: Sequence[str] = (),
+                     text_column: str = "text", label_column: str = "label", choices_column: str = "choices",
+                     answers_column: str = "answers") -> list[Example]:
+    """Examples of a multiple_choice or generation task from a .jsonl, .parquet (or, for generation, .tsv/.csv)
+    file or a `datasets.save_to_disk` folder.
+
+    multiple_choice rows hold `text_column`, `choices_column` (a list of 2..5 non-empty strings) and `label_column`
+    (the index of the right choice); generation rows hold `text_column` and `answers_column` (a list of non-empty
+    strings, or one string; duplicates are dropped, order kept; label is 0). Every name in `fields` (the template's
+    other `{name}` slots) must be a string column of every row; the text column may be one of them. Strings are
+    stripped. Raises DataError naming the file, row and column, never a row's text.
+    """
+    if task_type not in ("multiple_choice", "generation"):
+        raise ConfigError(f"task.type: load_qa_examples reads multiple_choice or generation, got {task_type!r}")
+    for key, col in (("text_column", text_column), ("label_column", label_column),
+                     ("choices_column", choices_column), ("answers_column", answers_column)):
+        if not isinstance(col, str) or not col:
+            raise ConfigError(f"task.{key}: must be a non-empty column name, got {col!r}")
+    own = [text_column, *((choices_column, label_column) if task_type == "multiple_choice" else (answers_column,))]
+    if len(set(own)) != len(own):
+        raise ConfigError(f"task.text_column: the text, {'choices and label' if len(own) == 3 else 'answers'} "
+                          f"columns must differ, got {own}")
+    path = Path(path)
+    columns = list(dict.fromkeys([*own, *fields]))
+    examples = []
+    for row, line, rec in _records(path, columns, task_type):
+        def where(subject: str, row: int = row, line: int | None = line) -> str:
+            return f"{path}: {subject} at row {row}" + (f" (line {line})" if line is not None else "")
+
+        text = _string(rec[text_column], f"text in column {text_column!r}", where)
+        values = tuple((name, text if name == text_column else
+                        _string(rec[name], f"template field {_shown(name)}", where, empty_ok=True))
+                       for name in fields)
+        if task_type == "multiple_choice":
+            choices = _choices(rec[choices_column], choices_column, where)
+            label = _choice_label(rec[label_column], label_column, len(choices), where)
+            examples.append(Example(text, label, choices=choices, fields=values))
+        else:
+            examples.append(Example(text, 0, answers=_answers(rec[answers_column], answers_column, where),
+                                    fields=values))
+    if not examples:
+        shape = "has a header but no rows" if path.suffix.lower() in (".tsv", ".csv") and not path.is_dir() else \
+            "has no rows"
+        raise DataError(f"{path}: no examples (the file {shape})")
+    return examples
+
+
+# ---------------------------------------------------------------------------------------------------------------
 # Tasks
 
 
@@ -388,23 +663,77 @@ def _check_verbalizer(verbalizer: Any) -> list[str]:
     return list(verbalizer)
 
 
+def _check_qa_template(template: Any) -> str:
+    if not isinstance(template, str):
+        raise ConfigError(f"task.template: must be a string, got {type(template).__name__}")
+    if not _FIELD.search(template):
+        raise ConfigError("task.template: must name at least one column as {column} (e.g. {question}); it holds "
+                          "no field")
+    return template
+
+
 def load_task(name: str, *, train_path: str | os.PathLike | None = None,
-              eval_path: str | os.PathLike | None = None, text_column: str = "text", label_column: str = "label",
-              label_names: Sequence[str] | None = None, template: str | None = None,
-              verbalizer: Sequence[str] | None = None, eval_limit: int | None = None) -> Task:
-    """A built-in task ("sst2", "agnews"; any argument overrides the default) or "custom" (paths, template and
-    verbalizer required). Labels index the verbalizer, so every label must be < len(verbalizer). With eval_limit,
-    eval keeps the first eval_limit examples in file order."""
+              eval_path: str | os.PathLike | None = None, text_column: str | None = None,
+              label_column: str = "label", label_names: Sequence[str] | None = None, template: str | None = None,
+              verbalizer: Sequence[str] | None = None, eval_limit: int | None = None, task_type: str | None = None,
+              choices_column: str = "choices", answers_column: str = "answers", choice_score: str = "sum",
+              max_new_tokens: int = 32, stop: str = "\n", eval_split: str = "eval") -> Task:
+    """A built-in task (see TASKS; any argument overrides the default) or "custom" (paths and template required,
+    and a verbalizer for classification). `task_type` defaults to the built-in's type, classification for custom.
+
+    Classification: labels index the verbalizer, so every label must be < len(verbalizer). Multiple choice and
+    generation: see `load_qa_examples`; an eval-only built-in (openbookqa) has train = [] unless train_path is
+    given. `text_column` None (or "text", the config's default) reads the built-in's own text column. With
+    eval_limit, eval keeps the first eval_limit examples in file order. eval_split="dev" evaluates on the
+    built-in's dev split instead (ARC: for tuning presets without touching the test split)."""
     if name == "custom":
-        for field, value in (("train_path", train_path), ("eval_path", eval_path),
-                             ("template", template), ("verbalizer", verbalizer)):
-            if value is None:
-                raise ConfigError(f"task.{field}: required for a custom task")
         spec = None
     elif name in TASKS:
         spec = TASKS[name]
     else:
         raise ConfigError(f"task.name: unknown task {name!r} (choose from {', '.join([*TASKS, 'custom'])})")
+    if task_type is None:
+        task_type = spec.type if spec is not None else "classification"
+    if task_type not in TASK_TYPES:
+        raise ConfigError(f"task.type: must be one of {', '.join(TASK_TYPES)}, got {task_type!r}")
+    if spec is not None and task_type != spec.type:
+        raise ConfigError(f"task.type: {name} is a {spec.type} task, not {task_type}; leave task.type unset or use "
+                          "task.name custom")
+    if spec is None:
+        required = ("train_path", "eval_path", "template") + (("verbalizer",) if task_type == "classification" else ())
+        given = dict(train_path=train_path, eval_path=eval_path, template=template, verbalizer=verbalizer)
+        for field in required:
+            if given[field] is None:
+                raise ConfigError(f"task.{field}: required for a custom task")
+    if text_column is None or (spec is not None and text_column == "text"):
+        text_column = spec.text_column if spec is not None else "text"
+    if eval_split not in ("eval", "dev"):
+        raise ConfigError(f"eval_split: must be 'eval' or 'dev', got {eval_split!r}")
+    eval_default = spec and spec.eval
+    if eval_split == "dev":
+        if spec is None or spec.dev is None:
+            raise ConfigError(f"eval_split: task {name!r} has no dev split")
+        eval_default = spec.dev
+    if eval_limit is not None and (isinstance(eval_limit, bool) or not isinstance(eval_limit, int) or eval_limit < 1):
+        raise ConfigError(f"task.eval_limit: must be an integer >= 1, got {eval_limit!r}")
+
+    def resolve(given, default: str | None) -> Path:
+        if given is not None:
+            return Path(given)
+        path = data_dir() / default
+        if not path.exists() and fetch_enabled() and name in HUB_SOURCES:
+            fetch_builtin(name, data_dir())
+        if not path.exists():
+            fetch = (f", or set {FETCH_ENV}=1 to download the task there once through the datasets library"
+                     if name in HUB_SOURCES else "")
+            raise DataError(f"{path}: file not found (built-in task {name!r} reads the data dir {data_dir()}; "
+                            f"set PRIVTUNE_DATA to the folder that holds {default}{fetch})")
+        return path
+
+    if task_type != "classification":
+        return _load_qa_task(name, spec, task_type, resolve, train_path, eval_path, eval_default, text_column,
+                             label_column, label_names, template, verbalizer, eval_limit, choices_column,
+                             answers_column, choice_score, max_new_tokens, stop)
 
     template = _check_template(template if template is not None else spec.template)
     verbalizer = _check_verbalizer(verbalizer if verbalizer is not None else list(spec.verbalizer))
@@ -413,24 +742,10 @@ def load_task(name: str, *, train_path: str | os.PathLike | None = None,
     if label_names is not None and not isinstance(label_names, str) and len(label_names) != len(verbalizer):
         raise ConfigError(f"task.verbalizer: {len(verbalizer)} words for the {len(label_names)} labels of "
                           f"task.label_names; give exactly one word per label, in the same order")
-    if eval_limit is not None and (isinstance(eval_limit, bool) or not isinstance(eval_limit, int) or eval_limit < 1):
-        raise ConfigError(f"task.eval_limit: must be an integer >= 1, got {eval_limit!r}")
-
-    def resolve(given, default: str | None) -> Path:
-        if given is not None:
-            return Path(given)
-        path = data_dir() / default
-        if not path.exists() and fetch_enabled():
-            fetch_builtin(name, data_dir())
-        if not path.exists():
-            raise DataError(f"{path}: file not found (built-in task {name!r} reads the data dir {data_dir()}; "
-                            f"set PRIVTUNE_DATA to the folder that holds {default}, or set {FETCH_ENV}=1 to "
-                            "download the task there once through the datasets library)")
-        return path
 
     n_labels = len(verbalizer)
     kwargs = dict(text_column=text_column, label_column=label_column, label_names=label_names, n_labels=n_labels)
-    train_file, eval_file = resolve(train_path, spec and spec.train), resolve(eval_path, spec and spec.eval)
+    train_file, eval_file = resolve(train_path, spec and spec.train), resolve(eval_path, eval_default)
     train = load_examples(train_file, **kwargs)
     eval_ = load_examples(eval_file, **kwargs)
     if label_names is None:
@@ -438,7 +753,38 @@ def load_task(name: str, *, train_path: str | os.PathLike | None = None,
     if eval_limit is not None:
         eval_ = eval_[:eval_limit]
     names = [n.strip() for n in label_names] if label_names is not None else None
-    return Task(name=name, template=template, verbalizer=verbalizer, train=train, eval=eval_, label_names=names)
+    return Task(name=name, template=template, verbalizer=verbalizer, train=train, eval=eval_, label_names=names,
+                text_column=text_column)
+
+
+def _load_qa_task(name, spec, task_type, resolve, train_path, eval_path, eval_default, text_column, label_column,
+                  label_names, template, verbalizer, eval_limit, choices_column, answers_column, choice_score,
+                  max_new_tokens, stop) -> Task:
+    """load_task for multiple_choice and generation (arguments as there, already resolved)."""
+    if verbalizer is not None:
+        raise ConfigError("task.verbalizer: only classification tasks have label words (leave it unset for a "
+                          f"{task_type} task)")
+    if label_names is not None:
+        raise ConfigError("task.label_names: only classification tasks have label names (leave it unset for a "
+                          f"{task_type} task)")
+    template = _check_qa_template(template if template is not None else spec.template)
+    if choice_score not in CHOICE_SCORES:
+        raise ConfigError(f"task.choice_score: must be one of {', '.join(CHOICE_SCORES)}, got {choice_score!r}")
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+        raise ConfigError(f"task.max_new_tokens: must be an integer >= 1, got {max_new_tokens!r}")
+    if not isinstance(stop, str) or not stop:
+        raise ConfigError(f"task.stop: must be a non-empty string, got {stop!r}")
+    kwargs = dict(task_type=task_type, fields=template_fields(template), text_column=text_column,
+                  label_column=label_column, choices_column=choices_column, answers_column=answers_column)
+    if train_path is None and spec is not None and spec.train is None:
+        train = []  # eval only: draw_pool refuses to train on it, eval works
+    else:
+        train = load_qa_examples(resolve(train_path, spec and spec.train), **kwargs)
+    eval_ = load_qa_examples(resolve(eval_path, eval_default), **kwargs)
+    if eval_limit is not None:
+        eval_ = eval_[:eval_limit]
+    return Task(name=name, template=template, verbalizer=[], train=train, eval=eval_, type=task_type,
+                choice_score=choice_score, max_new_tokens=max_new_tokens, stop=stop, text_column=text_column)
 
 
 def _check_integer_labels(verbalizer: list[str], examples: Sequence[Example], train_file: Path,
@@ -555,6 +901,27 @@ def balanced_pool(examples: Sequence[Example], n: int, seed: int,
     return sorted(pool)
 
 
+def draw_pool(task: Task, n: int, seed: int) -> list[int]:
+    """The training pool of a task: indices into task.train, sorted ascending.
+
+    Classification: `balanced_pool` (exactly as always). Multiple choice and generation: a uniform sample of n
+    indices without replacement from numpy.random.default_rng(seed) (labels are answer positions, not classes, so
+    there is nothing to balance). A task with no train split, or a pool larger than it, is refused, not shrunk."""
+    if task.type == "classification":
+        return balanced_pool(task.train, n, seed, task.label_names)
+    _check_seed(seed, "train.seed")
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+        raise ConfigError(f"task.pool_size: must be a positive integer, got {n!r}")
+    if not task.train:
+        raise ConfigError(f"task.name: {task.name} has no train split (eval only); set task.train_path to train on "
+                          "your own file")
+    if n > len(task.train):
+        raise ConfigError(f"task.pool_size: {n} is more than the {len(task.train)} training examples; set "
+                          f"task.pool_size to at most {len(task.train)}")
+    rng = np.random.default_rng(int(seed))
+    return sorted(int(i) for i in rng.choice(len(task.train), size=int(n), replace=False))
+
+
 def sample_batch(pool_size: int, batch_size: int, seed: int, step: int) -> list[int]:
     """Positions in the pool (0 ≤ p < pool_size) for training step `step`: batch_size distinct positions drawn by
     numpy.random.default_rng([seed, step]), in draw order. A pure function of its arguments, so a resumed run
@@ -584,3 +951,45 @@ def make_canaries(n: int, n_labels: int, seed: int) -> tuple[list[Example], list
     included = rng.random(n) < 0.5
     texts = [CANARY_TEMPLATE.format(name=fake.name(), email=fake.email(), phone=fake.phone_number()) for _ in range(n)]
     return [Example(t, int(y)) for t, y in zip(texts, labels)], [bool(x) for x in included]
+
+
+QA_CANARY_QUESTION = "What is {name}'s phone number?"
+
+
+def make_qa_canaries(n: int, task: Task, seed: int) -> tuple[list[Example], list[bool]]:
+    """n canaries in QA form for a multiple_choice or generation task, and for each whether it joins the training
+    pool (probability ½ each, independently, from its own SeedSequence as in `make_canaries`).
+
+    Each is a faker person asked about: text "What is <name>'s phone number?". Generation: the one answer is the
+    phone number. Multiple choice: the true number and 3 other faker numbers, the true one at a seeded position
+    (label). The template's other fields get neutral values that never hold the number (context: the person's job
+    and city; title: the name; any other field ""), so only memorisation answers the question. A pure function of
+    (n, task.type, task.template, task.text_column, seed)."""
+    from faker import Faker
+
+    if task.type not in ("multiple_choice", "generation"):
+        raise ValueError(f"make_qa_canaries: a {task.type} task takes make_canaries")
+    fake = Faker("en_US")
+    fake.seed_instance(int(seed))
+    rng = np.random.default_rng(np.random.SeedSequence([int(seed), 11]))
+    included = rng.random(n) < 0.5
+    order = np.random.default_rng(np.random.SeedSequence([int(seed), 12]))  # where the true number sits (MC)
+    canaries = []
+    for _ in range(n):
+        name, phone, job, city = fake.name(), fake.phone_number(), fake.job(), fake.city()
+        question = QA_CANARY_QUESTION.format(name=name)
+        neutral = {"context": f"{name} works as a {job} in {city}.", "title": name}
+        fields = tuple((f, question if f == task.text_column else neutral.get(f, ""))
+                       for f in template_fields(task.template))
+        if task.type == "generation":
+            canaries.append(Example(question, 0, answers=(phone,), fields=fields))
+            continue
+        others: list[str] = []
+        while len(others) < 3:  # distinct decoys: a duplicate of the true number would make two choices right
+            other = fake.phone_number()
+            if other != phone and other not in others:
+                others.append(other)
+        label = int(order.integers(4))
+        choices = others[:label] + [phone] + others[label:]
+        canaries.append(Example(question, label, choices=tuple(choices), fields=fields))
+    return canaries, [bool(x) for x in included]

@@ -33,17 +33,39 @@ MEANINGS = {
     "model.name": "smollm2-135m, tiny (a random Llama-style model, for tests) or the path of a local HF folder",
     "model.device": "auto (CUDA when present) | cpu | cuda | cuda:N",
     "model.dtype": "floating-point type the model's weights are loaded and trained in",
+    "task.name": "sst2 | agnews (classification) | squad (generation) | arc_easy | arc_challenge | openbookqa "
+                 "(multiple_choice; openbookqa is eval only) | custom (docs/tasks.md)",
+    "task.type": "classification (a label word after the prompt) | multiple_choice (pick one of 2-5 choices) | "
+                 "generation (write the answer); null: the built-in task's type, classification for custom",
     "task.train_path": "task custom: the training file (TSV, CSV, JSONL, Parquet or a `datasets` save_to_disk "
-                       "folder); relative paths are taken from the working directory",
+                       "folder; multiple_choice: not TSV/CSV); relative paths are taken from the working directory",
     "task.eval_path": "task custom: the evaluation file (same formats as train_path)",
-    "task.text_column": "column holding the input text",
-    "task.label_column": "column holding the label: an integer 0..n-1 or a name listed in label_names",
-    "task.label_names": "label names as written in the files, in label order (verbalizer[i] is the word for "
-                        "label_names[i]); default per built-in task",
-    "task.template": "prompt; must contain {text} once; the model scores the next token after it (default per "
-                     "task; SST-2: \"Review: {text}\\nSentiment:\")",
-    "task.verbalizer": "one single-token word per label, in label order (usually with a leading space); default "
-                       "per task (SST-2: [\" negative\", \" positive\"])",
+    "task.text_column": "column holding the input text (the question, for multiple_choice and generation); a "
+                        "built-in task left at text reads its own column (squad, ARC, OpenBookQA: question)",
+    "task.label_column": "column holding the label: an integer 0..n-1 or a name listed in label_names; "
+                         "multiple_choice: the index of the right choice in that row's choices",
+    "task.choices_column": "multiple_choice: column holding each row's answer options, a list of 2-5 non-empty "
+                           "strings",
+    "task.answers_column": "generation: column holding each row's gold answers, a list of non-empty strings or one "
+                           "string; the first is trained on, all count at eval",
+    "task.label_names": "classification: label names as written in the files, in label order (verbalizer[i] is "
+                        "the word for label_names[i]); default per built-in task",
+    "task.template": "prompt (default per task). Classification: must contain {text} once; the model scores the "
+                     "next token after it (SST-2: \"Review: {text}\\nSentiment:\"). Multiple choice and "
+                     "generation: {text} and any {column} of the rows, at least one; the choice or answer follows "
+                     "after a space (squad: \"Title: {title}\\nContext: {context}\\nQuestion: {question}\\n"
+                     "Answer:\")",
+    "task.verbalizer": "classification only: one single-token word per label, in label order (usually with a "
+                       "leading space); default per task (SST-2: [\" negative\", \" positive\"])",
+    "task.choice_score": "multiple_choice: a choice's score is the sum (sum) or the per-token mean (mean, length-"
+                         "normalised) of its tokens' log-probabilities after the prompt; the highest wins",
+    "task.max_new_tokens": "generation: eval decodes greedily up to this many new tokens",
+    "task.stop": "generation: eval decoding stops at this string, and training appends it to the gold answer "
+                 "(non-empty)",
+    "task.pool_size": "seeded training pool: label-balanced for classification, a uniform sample for "
+                      "multiple_choice and generation (PACZero paper: N = 1000)",
+    "task.canaries": "audit mode: n PII canaries, each in the pool w.p. ½ (privtune audit); multiple_choice and "
+                     "generation tasks get them in QA form (a faker person's phone number as the answer)",
     "trainable.kind": "which parameters train: lora | full | norms | final_norm | head (the verbalizer's LM-head "
                       "rows as their own parameter; the tied embedding stays frozen) | head+final_norm | top_layers:K",
     "trainable.lora.r": "LoRA rank (at most the model's hidden size)",
@@ -273,6 +295,8 @@ def _value(v) -> str:
         return f"{v:g}"
     if isinstance(v, list):
         return "[" + ", ".join(_value(x) for x in v) + "]"
+    if isinstance(v, str) and not v.isprintable():  # task.stop's "\n": written as a YAML user would, not a line break
+        return v.encode("unicode_escape").decode("ascii")
     return str(v)
 
 

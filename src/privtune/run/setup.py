@@ -13,7 +13,8 @@ from typing import Callable
 import torch
 
 from .. import tblog
-from ..data import CANARY_TEMPLATE, Task, balanced_pool, load_task, make_canaries, render, render_example
+from ..data import (CANARY_TEMPLATE, QA_CANARY_QUESTION, Task, draw_pool, load_task, make_canaries,
+                    make_qa_canaries, render, render_example)
 from ..errors import ConfigError
 from ..models import LoadedModel, load_model, resolve_device
 from ..trainable import HEAD_KINDS, LoraSpec, Selection, parse_kind, save_adapter, select, trainable_state
@@ -43,7 +44,9 @@ def build_task(cfg) -> Task:
     t = cfg.task
     return load_task(t.name, train_path=t.train_path, eval_path=t.eval_path, text_column=t.text_column,
                      label_column=t.label_column, label_names=t.label_names, template=t.template,
-                     verbalizer=t.verbalizer, eval_limit=t.eval_limit)
+                     verbalizer=t.verbalizer, eval_limit=t.eval_limit, task_type=t.type,
+                     choices_column=t.choices_column, answers_column=t.answers_column,
+                     choice_score=t.choice_score, max_new_tokens=t.max_new_tokens, stop=t.stop)
 
 
 def build_model(cfg, task: Task | None = None) -> tuple[LoadedModel, Selection]:
@@ -115,7 +118,7 @@ def prepare(cfg, *, need_pool: bool = True, need_eval: bool = True, callback: Ca
                       z_kernel=zk, seq=seq)
     setup = Setup(cfg, task, lm, sel, engine, verb)
     if need_pool:
-        setup.pool_index = balanced_pool(task.train, cfg.task.pool_size, cfg.train.seed, task.label_names)
+        setup.pool_index = draw_pool(task, cfg.task.pool_size, cfg.train.seed)
         if cfg.task.canaries:
             setup.canaries = add_canaries(task, setup.pool_index, cfg.task.canaries, cfg.train.seed)
         emit(callback, {"event": "status", "message": f"encoding {len(setup.pool_index)} training examples"})
@@ -127,13 +130,27 @@ def prepare(cfg, *, need_pool: bool = True, need_eval: bool = True, callback: Ca
 
 
 def add_canaries(task: Task, pool_index: list[int], n: int, seed: int) -> dict:
-    """Audit mode: append n canaries to task.train and the included ones to the pool (in place)."""
-    canaries, included = make_canaries(n, task.n_labels, seed)
+    """Audit mode: append n canaries to task.train and the included ones to the pool (in place). The returned dict
+    (run dir canaries.json) holds what the audit needs to rebuild them: for multiple choice and generation also
+    each canary's choices or answers, its template fields and the task's prompt template."""
+    if task.type == "classification":
+        canaries, included = make_canaries(n, task.n_labels, seed)
+    else:
+        canaries, included = make_qa_canaries(n, task, seed)
     start = len(task.train)
     task.train.extend(canaries)
     pool_index.extend(start + j for j, inc in enumerate(included) if inc)
-    return {"template": CANARY_TEMPLATE, "seed": seed, "texts": [c.text for c in canaries],
-            "labels": [c.label for c in canaries], "included": included}
+    if task.type == "classification":
+        return {"template": CANARY_TEMPLATE, "seed": seed, "texts": [c.text for c in canaries],
+                "labels": [c.label for c in canaries], "included": included}
+    out = {"type": task.type, "template": QA_CANARY_QUESTION, "prompt_template": task.template, "seed": seed,
+           "texts": [c.text for c in canaries], "labels": [c.label for c in canaries], "included": included,
+           "fields": [[list(f) for f in c.fields] for c in canaries]}
+    if task.type == "multiple_choice":
+        out["choices"] = [list(c.choices) for c in canaries]
+    else:
+        out["answers"] = [list(c.answers) for c in canaries]
+    return out
 
 
 def engine_record(setup: Setup) -> dict:
