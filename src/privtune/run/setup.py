@@ -78,7 +78,7 @@ def encode_examples(setup: Setup, examples, *, for_decoding: bool = False) -> En
     if task.type == "generation":
         answers = [tuple(ex.answers) for ex in examples]
         if for_decoding:
-            return Encoded(prompts, torch.zeros(len(prompts), dtype=torch.long), answers=answers)
+            return Encoded(prompts, torch.zeros(len(prompts), dtype=torch.long), prompts=prompts, answers=answers)
         branches = [[codec.continuation(" " + ex.answers[0] + task.stop)] for ex in examples]
     else:
         answers = None
