@@ -79,9 +79,10 @@ def timed(fn) -> float:
     return time.perf_counter() - t
 
 
-def bench_kind(model: str, kind: str, batch: int, repeats: int, cache: bool = True, z_kernel: str = "auto") -> dict:
+def bench_kind(model: str, kind: str, batch: int, repeats: int, cache: bool = True, z_kernel: str = "auto",
+               task: str = "sst2") -> dict:
     cfg = M.build_config({"model": {"name": model, "device": str(DEVICE)},
-                   "task": {"name": "sst2", "eval_limit": batch},
+                   "task": {"name": task, "eval_limit": batch},
                    "trainable": {"kind": kind},
                    "train": {"micro_batch": batch, "prefix_cache": cache, "z_kernel": z_kernel}})
     setup = prepare(cfg, need_pool=False, need_eval=False)
@@ -124,7 +125,9 @@ def bench_kind(model: str, kind: str, batch: int, repeats: int, cache: bool = Tr
     base = min(b for b, _ in m_inf + m_zo)
     peak_inf, peak_zo = max(p for _, p in m_inf), max(p for _, p in m_zo)
     out = {
-        "kind": kind, "prefix_cache": cache and eng.forward.cache_layer > 0, "batch": batch,
+        "task": task, "task_type": setup.task.type, "kind": kind,
+        "prefix_cache": cache and eng.forward.cache_layer > 0, "batch": batch,
+        "tokens_per_example": statistics.mean(len(x) for x in data.ids),
         "trainable_params": sum(p.numel() for _, p in setup.sel.params),
         "keep_z": eng.keep_z, "z_kernel": eng.z_kernel, "device": str(DEVICE),
         "z_sweep_s": statistics.median(t_z),
@@ -144,27 +147,32 @@ def main():
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--kinds", default="top_layers:1,top_layers:2,top_layers:4,lora,full")
+    ap.add_argument("--task", default="sst2", help="a built-in task; squad (generation: prompt + answer, teacher "
+                    "forced) and arc_easy (multiple choice: prompt + every choice, packed) time the multi-token loss")
     ap.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
     ap.add_argument("--z-kernel", default="auto", choices=["auto", "torch", "triton"],
                     help="z backend (train.z_kernel); triton needs CUDA (or TRITON_INTERPRET=1, very slow)")
-    ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "zo_step.json"))
+    ap.add_argument("--out", default=None, help="default benchmarks/results/zo_step.json (zo_step_<task>.json for a "
+                    "task other than sst2)")
     args = ap.parse_args()
     global DEVICE
     DEVICE = torch.device(args.device)
     torch.set_num_threads(2)
     rows = []
-    out = Path(args.out)
+    name = "zo_step.json" if args.task == "sst2" else f"zo_step_{args.task}.json"
+    out = Path(args.out or Path(__file__).parent / "results" / name)
     out.parent.mkdir(parents=True, exist_ok=True)
     for kind in args.kinds.split(","):
-        row = bench_kind(args.model, kind, args.batch, args.repeats, z_kernel=args.z_kernel)
+        row = bench_kind(args.model, kind, args.batch, args.repeats, z_kernel=args.z_kernel, task=args.task)
         if kind.startswith("top_layers"):
             nocache = bench_kind(args.model, kind, args.batch, max(2, args.repeats // 2), cache=False,
-                                 z_kernel=args.z_kernel)
+                                 z_kernel=args.z_kernel, task=args.task)
             row["zo_step_no_cache_s"] = nocache["zo_step_s"]
             row["prefix_speedup"] = nocache["zo_step_s"] / row["zo_step_s"]
         rows.append(row)
         print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()}), flush=True)
-        result = {"benchmark": "zo_step", "model": args.model, "batch": args.batch, "repeats": args.repeats,
+        result = {"benchmark": "zo_step", "command": " ".join(["zo_step.py", *__import__("sys").argv[1:]]),
+                  "task": args.task, "model": args.model, "batch": args.batch, "repeats": args.repeats,
                   "device": str(DEVICE), "z_kernel": args.z_kernel,
                   "machine": {"cpu_threads": torch.get_num_threads(), "platform": platform.platform(),
                               "torch": torch.__version__, "triton": Z.triton_version(),
