@@ -93,6 +93,17 @@ def heldout_membership(task, pool_index: list[int], seed: int) -> tuple[list[int
     return members, _heldout(task.train, set(pool_index), [task.train[i].label for i in members], seed)
 
 
+def training_pool(cfg, task) -> list[int]:
+    """The run's training pool (canaries excluded) as train-split indices, drawn exactly as training drew it
+    (run.setup.prepare: data.draw_pool, label-balanced for classification, uniform for the other types)."""
+    from ..data import draw_pool
+
+    if not task.train:  # openbookqa: nothing was trained on, so there are no members to tell apart
+        raise ConfigError(f"task.name: {cfg.task.name} has no train split (eval only), so the run has no training "
+                          "pool to audit")
+    return draw_pool(task, cfg.task.pool_size, cfg.train.seed)
+
+
 def canary_examples(record: dict, task) -> list:
     """The canaries as training used them (run.setup.add_canaries), rebuilt from the run dir's canaries.json:
     classification: text and label; multiple choice and generation also their choices or answers and the template
@@ -135,7 +146,6 @@ def bound_check(covered: str, threat_model: str, privacy: dict) -> tuple[float |
 def audit_run(run_dir, *, attacks=ATTACKS, limit: int | None = 500, n_boot: int = 200, seed: int = 0,
               secret_seed: int | None = None, callback=None) -> dict:
     """Run the attacks (and the canary audit, if the run has canaries) and write run_dir/audit.json."""
-    from ..data import draw_pool
     from ..privacy.bounds import tradeoff_tpr
     from ..trainable import trainable_state
 
@@ -159,10 +169,7 @@ def audit_run(run_dir, *, attacks=ATTACKS, limit: int | None = 500, n_boot: int 
     if callback:
         callback({"event": "status", "message": "loading the model and the task"})
     setup = prepare(cfg, need_pool=False, need_eval=False)
-    if not setup.task.train:  # openbookqa: nothing was trained on, so there are no members to tell apart
-        raise ConfigError(f"task.name: {cfg.task.name} has no train split (eval only), so the run has no training "
-                          "pool to audit")
-    pool_index = draw_pool(setup.task, cfg.task.pool_size, cfg.train.seed)  # the pool exactly as training drew it
+    pool_index = training_pool(cfg, setup.task)
     base_state = trainable_state(setup.sel)
     trained_state = load_tensors(weights)
     canary_in = [bool(x) for x in canary["included"]] if canary else []
