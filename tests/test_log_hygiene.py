@@ -6,6 +6,10 @@ callback events). `ZOEngine.pair_losses` is wrapped to record every per-example 
 file of the run dir (metrics, transcript, privacy.json, config.yaml, eval.json, state/*, model/* with the
 safetensors headers) is scanned: no canary, no float within 1e-9 (relative) of a recorded loss, no field that names
 PACZero's secret index J, no secret noise draw, no key; and the keystore holds nothing once the run is done.
+
+QA cases (issue #20): a generation task (MeZO) and a multiple-choice task (PACZero-MI) whose questions, contexts,
+answers and choices all carry the canary string, trained with QA canaries and then audited (`privtune audit`, and
+`audit_run` in the library), with `ZOEngine.losses` (the audit's per-example losses, both signs) recorded as well.
 """
 
 from __future__ import annotations
@@ -253,3 +257,131 @@ def test_library_run_leaks_nothing(tmp_path, monkeypatch, capfd, caplog, method)
     logged = caplog.text + "".join(f"{r.getMessage()} {r.args!r}" for r in caplog.records)
     texts = [out, err, logged, json.dumps(events), json.dumps(result)]
     check_outputs(method, tmp_path / "run", texts, losses, tmp_path / "cache")
+
+
+# ------------------------------------------------------------------------------------- QA tasks (issue #20)
+QA_KINDS = {"generation": "mezo", "multiple_choice": "paczero"}  # one ZO method per type, both checkers exercised
+QA_TEMPLATES = {"generation": "Context: {context}\nQuestion: {question}\nAnswer:",
+                "multiple_choice": "Question: {question}\nAnswer:"}
+# The CLI wrapper, also recording ZOEngine.losses (the audit's per-example losses and the loss attack's −loss), and
+# running two commands, `train ... :: audit ...`, in one process: the tiny run costs less than importing the stack.
+WRAPPER_QA = WRAPPER.replace("logging.basicConfig", """real_losses = E.ZOEngine.losses
+def spy_losses(self, *a, **k):
+    out = real_losses(self, *a, **k)
+    record.write(json.dumps(out.tolist() + (-out).tolist()) + "\\n"); record.flush()
+    return out
+E.ZOEngine.losses = spy_losses
+logging.basicConfig""", 1).replace("""sys.argv[0] = "privtune"
+main()
+""", """args = sys.argv[1:]
+for command in (args[:args.index("::")], args[args.index("::") + 1:]):
+    sys.argv = ["privtune", *command]
+    try:
+        main()
+    except SystemExit as stop:
+        if stop.code not in (0, None):
+            raise
+""")
+
+
+def write_qa_data(folder: Path, kind: str) -> tuple[Path, Path]:
+    """Every text a row holds (question, context, answers, choices) carries the canary string."""
+    folder.mkdir(parents=True, exist_ok=True)
+    words = ["good", "bad", "fine", "awful", "great", "poor"]
+    rows = []
+    for i in range(64):
+        q = f"{CANARY}q{i:03d} what was the film {words[i % 6]} about {CANARY}qtail{i}"
+        if kind == "generation":
+            rows.append({"question": q, "context": f"{CANARY}ctx{i} the film was {words[(i + 2) % 6]}",
+                         "answers": [f"{CANARY}ans{i} {words[i % 6]}", f"{CANARY}alt{i}"]})
+        else:
+            rows.append({"question": q, "choices": [f"{CANARY}choice{i}x{j} {words[(i + j) % 6]}" for j in range(4)],
+                         "label": i % 4})
+    tr, ev = folder / f"{kind}_train.jsonl", folder / f"{kind}_dev.jsonl"
+    tr.write_text("".join(json.dumps(r) + "\n" for r in rows[:48]))
+    ev.write_text("".join(json.dumps(r) + "\n" for r in rows[48:]))
+    return tr, ev
+
+
+def qa_config_dict(kind: str, tr: Path, ev: Path, out: Path) -> dict:
+    """configs/tiny_<method>.yaml on a custom QA task, with QA canaries for the audit."""
+    method = QA_KINDS[kind]
+    d = config_dict(method, tr, ev, out)
+    task = d["task"]
+    for key in ("verbalizer", "label_names"):
+        task.pop(key, None)
+    task.update({"type": kind, "template": QA_TEMPLATES[kind], "text_column": "question", "canaries": 8,
+                 "max_new_tokens": 4, "pool_size": 24})
+    return d
+
+
+def check_qa_outputs(kind: str, run: Path, texts_out: list[str], losses: list[float], cache: Path) -> None:
+    check_outputs(QA_KINDS[kind], run, texts_out, losses, cache)
+    res = json.loads((run / "audit.json").read_text())
+    assert "canary" in res and res["canary"]["canaries"] == 8  # the audit really ran, canaries included
+
+
+@pytest.fixture(scope="module")
+def cli_qa_runs(tmp_path_factory):
+    """A generation and a multiple-choice run through the CLI, in parallel, each followed by `privtune audit`."""
+    tmp = tmp_path_factory.mktemp("hygiene_cli_qa")
+    procs = {}
+    for kind in QA_KINDS:
+        d = tmp / kind
+        d.mkdir()
+        tr, ev = write_qa_data(tmp / "data", kind)
+        cfg = d / "config.yaml"
+        cfg.write_text(yaml.safe_dump(qa_config_dict(kind, tr, ev, d / "run")))
+        env = dict(os.environ, PRIVTUNE_SECRET_SEED=str(SECRET_SEED), PRIVTUNE_CACHE=str(d / "cache"),
+                   OMP_NUM_THREADS="1")
+        cmd = [sys.executable, "-c", WRAPPER_QA, str(d / "losses.jsonl"), "train", "-c", str(cfg), "::", "audit",
+               str(d / "run"), "--bootstrap", "20"]
+        procs[kind] = (subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                        text=True), d)
+    out = {}
+    for kind, (p, d) in procs.items():
+        stdout, stderr = p.communicate(timeout=300)
+        assert p.returncode == 0, stderr[-3000:]
+        losses = [x for line in (d / "losses.jsonl").read_text().splitlines() for x in json.loads(line)]
+        out[kind] = ([stdout, stderr], losses, d)
+    return out
+
+
+@pytest.mark.parametrize("kind", list(QA_KINDS))
+def test_cli_qa_run_and_audit_leak_nothing(cli_qa_runs, kind):
+    texts, losses, d = cli_qa_runs[kind]
+    stdout, stderr = texts
+    assert "encoding" in stderr and "canaries: 8" in stdout and "audit.json" in stdout  # the outputs are there
+    assert ("f1" if kind == "generation" else "accuracy") in stdout
+    check_qa_outputs(kind, d / "run", texts, losses, d / "cache")
+
+
+@pytest.mark.parametrize("kind", list(QA_KINDS))
+def test_library_qa_run_and_audit_leak_nothing(tmp_path, monkeypatch, capfd, caplog, kind):
+    from privtune.audit import audit_run
+
+    monkeypatch.setenv("PRIVTUNE_SECRET_SEED", str(SECRET_SEED))
+    monkeypatch.setenv("PRIVTUNE_CACHE", str(tmp_path / "cache"))
+    caplog.set_level(logging.DEBUG)
+    losses, events = [], []
+    real, real_losses = E.ZOEngine.pair_losses, E.ZOEngine.losses
+
+    def spy(self, *a, **k):
+        lp, lm = real(self, *a, **k)
+        losses.extend(lp.tolist() + lm.tolist())
+        return lp, lm
+
+    def spy_losses(self, *a, **k):
+        out = real_losses(self, *a, **k)
+        losses.extend(out.tolist() + (-out).tolist())
+        return out
+
+    monkeypatch.setattr(E.ZOEngine, "pair_losses", spy)
+    monkeypatch.setattr(E.ZOEngine, "losses", spy_losses)
+    tr, ev = write_qa_data(tmp_path / "data", kind)
+    result = train(M.build_config(qa_config_dict(kind, tr, ev, tmp_path / "run")), callback=events.append)
+    audited = audit_run(tmp_path / "run", n_boot=20, callback=events.append)
+    out, err = capfd.readouterr()
+    logged = caplog.text + "".join(f"{r.getMessage()} {r.args!r}" for r in caplog.records)
+    texts = [out, err, logged, json.dumps(events), json.dumps(result), json.dumps(audited)]
+    check_qa_outputs(kind, tmp_path / "run", texts, losses, tmp_path / "cache")

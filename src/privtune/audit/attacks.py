@@ -1,9 +1,12 @@
 """Membership-inference attack scores of examples under a trained model (higher score = "more likely a member").
 
-An example is its prompt (the task template around the text) followed by its label's verbalizer token: the
-sequence the fine-tuning objective scores.
+An example is its prompt (the task template around the text) followed by what the fine-tuning objective scores:
+its label's verbalizer token (classification), its true choice (multiple choice), or its first gold answer and the
+stop string (generation). For the last two the token-level attacks read only the answer's tokens given the prompt,
+and zlib compresses the answer's text (`_lm_sequences`).
 
-- loss: −CE over the verbalizer logits (the training objective; Yeom et al., CSF 2018).
+- loss: −(the training loss): CE over the verbalizer logits or the choices' scores, the answer's mean token NLL
+  (Yeom et al., CSF 2018).
 - zlib: −(mean token NLL of the example under the full LM) / (zlib-compressed length of its text in bytes)
   (Carlini et al., USENIX Security 2021).
 - mink: Min-K% Prob, the mean log-probability of the k% least likely tokens (Shi et al., ICLR 2024).

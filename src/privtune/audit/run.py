@@ -1,8 +1,10 @@
 """`privtune audit`: membership-inference attacks and the one-run canary audit on a finished run → audit.json.
 
 Members and non-members follow the run's threat model:
-- DP and non-private runs: the training pool versus held-out examples of the same distribution (a label-balanced
-  draw of train-split examples outside the pool). The DP guarantee covers exactly this game.
+- DP and non-private runs: the training pool versus held-out examples of the same distribution, drawn the way the
+  pool was (data.draw_pool): for classification a draw of train-split examples outside the pool with the members'
+  label mix; for multiple choice and generation a uniform draw (their labels are answer positions, or all 0, not
+  classes). The DP guarantee covers exactly this game. An eval-only task (openbookqa) has no pool: refused.
 - PACZero: its guarantee covers membership in the secret subset S_J among the pool (prior ½), and J is forgotten
   when the run ends. Audit mode: a run trained with a fixed secret (PRIVTUNE_SECRET_SEED) is audited with the same
   seed (`secret_seed`), so members are S_J and non-members the rest of the pool. Without it the audit falls back to
@@ -72,10 +74,58 @@ def subset_rank_p_value(scores: np.ndarray, design_rows: np.ndarray, j: int) -> 
     return float(np.mean(aucs >= aucs[j]))
 
 
+def _heldout_uniform(n_train: int, exclude: set[int], need: int, seed: int) -> list[int]:
+    """`need` train-split indices outside `exclude`, uniform without replacement, seeded: the held-out draw of a
+    task whose pool is a uniform sample (data.draw_pool for multiple choice and generation)."""
+    avail = [i for i in range(n_train) if i not in exclude]
+    if need > len(avail):
+        raise PrivtuneError(f"audit: only {len(avail)} held-out training examples for {need} members; the pool "
+                            "(task.pool_size) takes too much of the train split to leave an equal held-out set")
+    rng = np.random.default_rng(np.random.SeedSequence([seed, 13]))
+    return [avail[j] for j in rng.choice(len(avail), size=need, replace=False)]
+
+
 def heldout_membership(task, pool_index: list[int], seed: int) -> tuple[list[int], list[int]]:
     """Pool versus held-out: (members, non-members) as train-split indices (canaries excluded)."""
     members = list(pool_index)
+    if task.type != "classification":
+        return members, _heldout_uniform(len(task.train), set(pool_index), len(members), seed)
     return members, _heldout(task.train, set(pool_index), [task.train[i].label for i in members], seed)
+
+
+def training_pool(cfg, task) -> list[int]:
+    """The run's training pool (canaries excluded) as train-split indices, drawn exactly as training drew it
+    (run.setup.prepare: data.draw_pool, label-balanced for classification, uniform for the other types)."""
+    from ..data import draw_pool
+
+    if not task.train:  # openbookqa: nothing was trained on, so there are no members to tell apart
+        raise ConfigError(f"task.name: {cfg.task.name} has no train split (eval only), so the run has no training "
+                          "pool to audit")
+    return draw_pool(task, cfg.task.pool_size, cfg.train.seed)
+
+
+def canary_examples(record: dict, task) -> list:
+    """The canaries as training used them (run.setup.add_canaries), rebuilt from the run dir's canaries.json:
+    classification: text and label; multiple choice and generation also their choices or answers and the template
+    fields the prompt is rendered from. A record that does not fit the run's task is refused (its scores would
+    mean nothing)."""
+    from ..data import Example
+
+    kind = record.get("type", "classification")  # files written before task types hold classification canaries
+    if kind != task.type:
+        raise PrivtuneError(f"canaries.json: holds {kind} canaries but the run's task is {task.type}")
+    texts, labels = record["texts"], record["labels"]
+    if kind == "classification":
+        return [Example(t, int(y)) for t, y in zip(texts, labels)]
+    if record.get("prompt_template") != task.template:
+        raise PrivtuneError("canaries.json: its prompt_template is not the run's task.template; the canaries "
+                            "would be scored under a prompt training never used")
+    fields = [tuple((str(k), str(v)) for k, v in f) for f in record["fields"]]
+    if kind == "multiple_choice":
+        return [Example(t, int(y), choices=tuple(c), fields=f)
+                for t, y, c, f in zip(texts, labels, record["choices"], fields)]
+    return [Example(t, int(y), answers=tuple(a), fields=f) for t, y, a, f in zip(texts, labels, record["answers"],
+                                                                                   fields)]
 
 
 def _subsample(idx: list[int], limit: int | None, rng) -> list[int]:
@@ -96,7 +146,6 @@ def bound_check(covered: str, threat_model: str, privacy: dict) -> tuple[float |
 def audit_run(run_dir, *, attacks=ATTACKS, limit: int | None = 500, n_boot: int = 200, seed: int = 0,
               secret_seed: int | None = None, callback=None) -> dict:
     """Run the attacks (and the canary audit, if the run has canaries) and write run_dir/audit.json."""
-    from ..data import Example, balanced_pool
     from ..privacy.bounds import tradeoff_tpr
     from ..trainable import trainable_state
 
@@ -120,7 +169,7 @@ def audit_run(run_dir, *, attacks=ATTACKS, limit: int | None = 500, n_boot: int 
     if callback:
         callback({"event": "status", "message": "loading the model and the task"})
     setup = prepare(cfg, need_pool=False, need_eval=False)
-    pool_index = balanced_pool(setup.task.train, cfg.task.pool_size, cfg.train.seed)
+    pool_index = training_pool(cfg, setup.task)
     base_state = trainable_state(setup.sel)
     trained_state = load_tensors(weights)
     canary_in = [bool(x) for x in canary["included"]] if canary else []
@@ -141,7 +190,7 @@ def audit_run(run_dir, *, attacks=ATTACKS, limit: int | None = 500, n_boot: int 
         threat = POOL_VS_HELDOUT
         members, nonmembers = _subsample(members, limit, rng), _subsample(nonmembers, limit, rng)
     examples = [setup.task.train[i] for i in members + nonmembers]
-    canary_ex = [Example(t, int(y)) for t, y in zip(canary["texts"], canary["labels"])] if canary else []
+    canary_ex = canary_examples(canary, setup.task) if canary else []
     if canary and in_s is not None:  # only the canaries in the pool; "member" = in S_J (pool order: after the pool)
         keep = [c for c, inc in enumerate(canary_in) if inc]
         canary_ex = [canary_ex[c] for c in keep]
