@@ -89,6 +89,7 @@ class TrainCfg(Strict):
     seed: int = 0  # public seed: pool, batches, directions
     log_every: PosInt = 10
     eval_every: Annotated[int, Field(ge=0)] = 0  # 0 = only at the end
+    initial_eval: bool = True  # evaluate before the first step (eval.json's initial_* = zero-shot)
     checkpoint_every: PosInt = 50
     micro_batch: PosInt = 64
     prefix_cache: bool = True

@@ -110,6 +110,9 @@ MEANINGS = {
     "train.log_every": "write a metrics.jsonl row every this many steps",
     "train.checkpoint_every": "save resume state every this many steps",
     "train.eval_every": "evaluate on the eval split every this many steps (0 = only at the end)",
+    "train.initial_eval": "evaluate before the first step too (eval.json's initial_accuracy / initial_f1, the "
+                          "zero-shot number); false saves one eval pass (a generation task's decoding is the "
+                          "costly one)",
     "train.micro_batch": "examples per forward pass (memory vs speed)",
     "train.prefix_cache": "cache the frozen lower blocks' output once per example (used when only top blocks "
                           "train)",

@@ -138,3 +138,11 @@ def test_generation_eval_is_the_f1_of_greedy_answers(tmp_path):
     assert len(preds) == 6 and all(isinstance(p, str) for p in preds)
     assert ev["f1"] == pytest.approx(squad_scores(preds, [ex.answers for ex in setup.task.eval])["f1"] / 100)
     assert torch.is_tensor(data.labels)
+
+
+def test_initial_eval_off_skips_the_step_0_eval(tmp_path):
+    cfg = qa_cfg(tmp_path, "generation", "mezo", **{"train.initial_eval": False})
+    ev = train(cfg)
+    assert "f1" in ev and "initial_f1" not in ev and "initial_exact_match" not in ev
+    rows = [json.loads(x) for x in (Path(cfg.out_dir) / "metrics.jsonl").read_text().splitlines()]
+    assert rows and not [r for r in rows if r.get("kind") == "eval"]

@@ -106,7 +106,7 @@ def _train(cfg, resume: bool, callback: Callback | None) -> dict:
     # A step's wall time and traffic grow with secret work (a Poisson batch's size): a method with a secret releases
     # neither per step, only the total wall time in eval.json (methods.TIMING_RESIDUAL).
     per_step_costs = not cls.needs_secret
-    if start == 0:
+    if start == 0 and cfg.train.initial_eval:
         zero = evaluate_setup(setup)
         if main:
             w.log({"step": 0, **eval_row(zero), "kind": "eval"})
