@@ -40,3 +40,26 @@ def test_bad_inputs_exit_2(tmp_path):
     _fails(["tune", "--emulator", str(tmp_path / "missing"), "--out", str(tmp_path / "ad")], str(tmp_path / "missing"),
            tmp_path)
     _fails(["eval", "--model", "tiny", "--limit", "0"], "--limit", tmp_path)
+
+
+def test_multiple_choice_build_tune_eval(tmp_path):
+    """ARC-Easy end to end (GradOT calibrated on its train split); OpenBookQA: eval works, tuning exits 2."""
+    emu, ad = tmp_path / "emu", tmp_path / "ad"
+    r = runner.invoke(app, ["offsite", "build", "--model", "tiny", "--method", "gradot", "--adapters", "1",
+                            "--task", "arc_easy", "--calib", "6", "--out", str(emu), "-q"])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(app, ["offsite", "tune", "--emulator", str(emu), "--out", str(ad), "--task", "arc_easy",
+                            "--examples", "8", "--batch-size", "4", "-q"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout.strip().splitlines()[-1])["steps"] == 2
+    for task in ("arc_easy", "openbookqa"):
+        r = runner.invoke(app, ["offsite", "eval", "--model", "tiny", "--adapters", str(ad), "--task", task,
+                                "--limit", "6"])
+        assert r.exit_code == 0, r.output
+        out = json.loads(r.stdout.strip().splitlines()[-1])
+        assert out["total"] == 6 and out["task"] == task and 0 <= out["correct"] <= 6
+    r = runner.invoke(app, ["offsite", "tune", "--emulator", str(emu), "--out", str(tmp_path / "obqa"), "--task",
+                            "openbookqa", "-q"])
+    assert r.exit_code == 2, r.output
+    assert "error: --task: openbookqa has no train split" in r.output
+    assert not (tmp_path / "obqa").exists()

@@ -56,7 +56,7 @@ def tune(
     emulator: Path = typer.Option(..., "--emulator", help="emulator folder (privtune offsite build)"),
     out: Path = typer.Option(..., "--out", help="folder for adapters.safetensors + adapters.json"),
     task: str = typer.Option("sst2", "--task"),
-    examples: int = typer.Option(400, "--examples", help="balanced training pool size"),
+    examples: int = typer.Option(400, "--examples", help="training pool size (label-balanced for classification)"),
     epochs: int = typer.Option(1, "--epochs"),
     batch_size: int = typer.Option(8, "--batch-size"),
     lr: float = typer.Option(2e-5, "--lr"),
@@ -72,6 +72,7 @@ def tune(
         T.check_options(opt)
         if out.exists() and (not out.is_dir() or any(out.iterdir())):
             raise PrivtuneError(f"--out: {out} exists and is not an empty folder")
+        T.training_pool(task, examples, seed)  # an eval-only task or too large a pool fails before the model loads
         lm, manifest = E.load(emulator)
         amap = T.adapter_map(manifest)
         summary = T.train_adapters(lm.model, lm.codec, amap, opt, Progress("tune", quiet))
@@ -148,9 +149,9 @@ def eval_cmd(
                 P.plug(lm.model, state, str(adapters / T.ADAPTERS))
             else:
                 raise PrivtuneError("--adapters: only with --model (the emulator folder's adapters are its own)")
-        ids, labels = FW.encode(lm.codec, t.template, t.eval)
-        acc, correct = FW.accuracy(lm.model, ids, labels, lm.codec.verbalizer_ids(t.verbalizer), lm.codec.pad_id)
-        return {"accuracy": acc, "correct": correct, "total": len(ids), "task": task, "split": "eval",
+        examples = FW.task_examples(lm.codec, t, t.eval)
+        acc, correct = examples.accuracy(lm.model)
+        return {"accuracy": acc, "correct": correct, "total": len(examples), "task": task, "split": "eval",
                 "model": str(emulator) if emulator is not None else model, "adapters": str(adapters) if adapters else None}
 
     typer.echo(json.dumps(run(go)))

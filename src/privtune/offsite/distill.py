@@ -10,7 +10,9 @@ a few dimensions hundreds of times larger than the rest; without σ they would b
 target are computed once (no grad) and cached; only the emulator's middle blocks train (Adam).
 
 The corpus is the model owner's, never the data owner's: a public text file (one text per line) or the train
-split of a built-in task used as unlabeled text. Only aggregate numbers (normalised MSE on a held-out slice of the
+split of a built-in task used as plain text (classification: the texts, labels unused; multiple choice and
+generation: each rendered prompt followed by its right choice or first answer, a question with its answer as
+running text). `default_corpus` picks a built-in one that is not the tuned task and has a train split. Only aggregate numbers (normalised MSE on a held-out slice of the
 corpus, before and after) are reported.
 """
 
@@ -24,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..data import TASKS, load_task
+from ..data import TASKS, load_task, render_example
 from ..errors import ConfigError, DataError, PrivtuneError
 from ..zo.forward import geometry, left_pad, left_pad_states, run_blocks
 from . import forward as FW
@@ -32,7 +34,7 @@ from . import forward as FW
 
 @dataclass
 class DistillOptions:
-    corpus: str  # a built-in task name (its train texts, labels unused) or a UTF-8 text file, one text per line
+    corpus: str  # a built-in task name (its train split as text, see corpus_texts) or a UTF-8 text file
     texts: int = 512
     max_tokens: int = 64
     steps: int = 200
@@ -53,11 +55,41 @@ def check_options(opt: DistillOptions) -> None:
         raise ConfigError(f"--distill-held-out: must be in (0, 1), got {opt.held_out!r}")
 
 
+def default_corpus(exclude) -> str:
+    """A built-in task to distil on, never one of `exclude` (the tuned and evaluated tasks) nor an eval-only task:
+    the first in TASKS order of the first excluded task's type, else of any type (sst2 ↔ agnews, arc_easy →
+    arc_challenge: public text of the kind the adapters will see)."""
+    skip = set(exclude)
+    kind = next((TASKS[t].type for t in exclude if t in TASKS), "classification")
+    usable = [t for t, spec in TASKS.items() if t not in skip and spec.train is not None]
+    if not usable:
+        raise ConfigError("--distill-corpus: every built-in task is excluded; give a text file")
+    return min(usable, key=lambda t: TASKS[t].type != kind)  # stable: TASKS order within a kind
+
+
+def task_texts(task) -> list[str]:
+    """A task's train split as plain text: classification texts as they are; a multiple-choice or generative
+    example as its prompt followed by the right choice or first answer (without the answer a question is half a
+    text, and the corpus is the model owner's public data, so its labels may be used)."""
+    if task.type == "classification":
+        return [ex.text for ex in task.train]
+    out = []
+    for ex in task.train:
+        answer = ex.choices[ex.label] if task.type == "multiple_choice" else ex.answers[0]
+        out.append(render_example(task.template, ex) + " " + answer)
+    return out
+
+
 def corpus_texts(opt: DistillOptions) -> tuple[list[str], dict]:
     """`opt.texts` texts drawn without replacement (seeded) from the corpus, and the corpus' identity."""
     if opt.corpus in TASKS:
-        texts = [ex.text for ex in load_task(opt.corpus).train]
-        ident = {"task": opt.corpus, "split": "train", "labels": "unused"}
+        task = load_task(opt.corpus)
+        if not task.train:
+            raise ConfigError(f"--distill-corpus: {opt.corpus} has no train split (eval only); choose another task "
+                              "or a text file")
+        texts = task_texts(task)
+        ident = {"task": opt.corpus, "split": "train",
+                 **({"labels": "unused"} if task.type == "classification" else {"text": "prompt + answer"})}
     else:
         path = Path(opt.corpus)
         if not path.is_file():

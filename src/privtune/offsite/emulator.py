@@ -253,13 +253,13 @@ def scp_plan(mlp: dict[str, torch.Tensor], stats: dict[str, GCS.LinearStats], ra
 # ------------------------------------------------------------------------------------------------ building
 def _calibration(lm: LoadedModel, opt: BuildOptions):
     task = load_task(opt.task)
+    if not task.train:
+        raise ConfigError(f"--task: {opt.task} has no train split (eval only); calibrate GradOT on a task with one")
     rng = np.random.default_rng([int(opt.seed), 7])  # tag 7: apart from the tuning pool's draws
     if opt.calib > len(task.train):
         raise ConfigError(f"--calib: {opt.calib} is more than the {len(task.train)} training examples")
     idx = sorted(int(i) for i in rng.choice(len(task.train), size=opt.calib, replace=False))
-    ids, labels = FW.encode(lm.codec, task.template, [task.train[i] for i in idx])
-    verb = lm.codec.verbalizer_ids(task.verbalizer)
-    return ids, labels, verb, idx
+    return FW.task_examples(lm.codec, task, [task.train[i] for i in idx]), idx
 
 
 def _linear_weight(mod) -> torch.Tensor:
@@ -284,7 +284,7 @@ def build(lm: LoadedModel, opt: BuildOptions, callback=None,
         for src in first + kept_mid + last:
             blocks.append({"source": src, "role": "adapter" if src in first or src in last else "middle"})
     else:
-        ids, labels, verb, idx = _calibration(lm, opt)
+        calib, idx = _calibration(lm, opt)
         extra = {"calibration": {"task": opt.task, "split": "train", "examples": len(idx),
                                  "indices_sha256": hashlib.sha256(",".join(map(str, idx)).encode()).hexdigest()}}
         mods = {}
@@ -293,8 +293,8 @@ def build(lm: LoadedModel, opt: BuildOptions, callback=None,
                 mods[f"{li}.{p}"] = getattr(layers[li].self_attn, p)
             for p in MLP:
                 mods[f"{li}.{p}"] = getattr(layers[li].mlp, p)
-        emit({"event": "status", "message": f"K-FAC statistics on {len(ids)} calibration examples"})
-        stats = GCS.kfac_stats(lm.model, mods, ids, labels, verb, lm.codec.pad_id, opt.micro_batch)
+        emit({"event": "status", "message": f"K-FAC statistics on {len(calib)} calibration examples"})
+        stats = GCS.kfac_stats_on(lm.model, mods, calib, opt.micro_batch)
         for src in first:
             blocks.append({"source": src, "role": "adapter"})
         for li in range(n, L - n):

@@ -49,6 +49,13 @@ class _Acc:
 def kfac_stats(model, modules: dict[str, torch.nn.Linear], ids: list[list[int]], labels: torch.Tensor,
                verb: list[int], pad_id: int = 0, micro_batch: int = 8) -> dict[str, LinearStats]:
     """One forward+backward pass over the calibration examples with hooks on `modules` (name → nn.Linear)."""
+    return kfac_stats_on(model, modules, FW.Classification(ids, labels, verb, pad_id), micro_batch)
+
+
+def kfac_stats_on(model, modules: dict[str, torch.nn.Linear], batch, micro_batch: int = 8) -> dict[str, LinearStats]:
+    """kfac_stats for calibration examples of any task type (offsite.forward.task_examples). The hooked modules
+    must see every padded position (the middle blocks do; the last block of a multiple-choice forward does not)."""
+    ids = batch.ids
     acc = {name: _Acc() for name in modules}
     state = {"mask": None, "n": len(ids)}
     grads_before = {name: m.weight.requires_grad for name, m in modules.items()}
@@ -77,10 +84,9 @@ def kfac_stats(model, modules: dict[str, torch.nn.Linear], ids: list[list[int]],
         acc[name].handles.append(m.register_forward_hook(fwd_hook(name)))
     try:
         for chunk in FW.batches(len(ids), micro_batch):
-            batch = [ids[j] for j in chunk]
-            _, attn = left_pad(batch, pad_id)
+            _, attn = left_pad([ids[j] for j in chunk], 0)  # only the mask is used: the pad id does not matter
             state["mask"] = attn
-            loss = FW.loss(model, batch, labels[chunk], verb, pad_id) * (len(chunk) / len(ids))
+            loss = batch.loss(model, chunk) * (len(chunk) / len(ids))
             loss.backward()
         out = {}
         for name, m in modules.items():

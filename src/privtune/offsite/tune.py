@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..data import balanced_pool, load_task
+from ..data import draw_pool, load_task
 from ..errors import ConfigError, PrivtuneError
 from ..atomic import atomic_save_tensors, atomic_write_text
 from . import forward as FW
@@ -26,7 +26,7 @@ ADAPTERS, ADAPTERS_JSON = "adapters.safetensors", "adapters.json"
 @dataclass
 class TuneOptions:
     task: str = "sst2"
-    examples: int = 400  # balanced training pool drawn from the train split
+    examples: int = 400  # training pool drawn from the train split (label-balanced for classification)
     epochs: int = 1
     batch_size: int = 8
     lr: float = 2e-5
@@ -67,8 +67,13 @@ def adapter_state(model, amap: dict[int, int]) -> dict[str, torch.Tensor]:
 
 
 def training_pool(task_name: str, n: int, seed: int, exclude=()):
+    """(task, its training pool): data.draw_pool (label-balanced for classification, uniform for multiple
+    choice). An eval-only task (openbookqa) cannot be tuned on: train on another task and evaluate on it."""
     task = load_task(task_name)
-    pool = balanced_pool(task.train, n, seed)
+    if not task.train:
+        raise ConfigError(f"--task: {task_name} has no train split (eval only); tune the adapters on a task with one "
+                          "(e.g. arc_easy) and evaluate them on it")
+    pool = draw_pool(task, n, seed)
     skip = set(exclude)
     return task, [task.train[i] for i in pool if i not in skip]
 
@@ -77,8 +82,7 @@ def train_adapters(model, codec, amap: dict[int, int], opt: TuneOptions, callbac
     """Adam on the adapter blocks (everything else frozen); returns a summary with window-mean losses."""
     check_options(opt)
     task, examples = training_pool(opt.task, opt.examples, opt.seed)
-    verb = codec.verbalizer_ids(task.verbalizer)
-    ids, labels = FW.encode(codec, task.template, examples)
+    batch = FW.task_examples(codec, task, examples)
     params = adapter_params(model, amap)
     for p in model.parameters():
         p.requires_grad_(False)
@@ -86,15 +90,15 @@ def train_adapters(model, codec, amap: dict[int, int], opt: TuneOptions, callbac
         p.requires_grad_(True)
     optim = torch.optim.Adam([p for _, p in params], lr=opt.lr)
     rng = np.random.default_rng([int(opt.seed), 11])
-    steps_per_epoch = math.ceil(len(ids) / opt.batch_size)
+    steps_per_epoch = math.ceil(len(batch) / opt.batch_size)
     total = opt.epochs * steps_per_epoch
     emit = callback or (lambda ev: None)
     emit({"event": "start", "steps": total, "step": 0})
     step, window, losses = 0, [], []
     try:
         for _ in range(opt.epochs):
-            for chunk in FW.batches(len(ids), opt.batch_size, rng.permutation(len(ids))):
-                loss = FW.loss(model, [ids[j] for j in chunk], labels[chunk], verb, codec.pad_id)
+            for chunk in FW.batches(len(batch), opt.batch_size, rng.permutation(len(batch))):
+                loss = batch.loss(model, chunk)
                 if not torch.isfinite(loss):
                     raise PrivtuneError(f"--lr: training diverged (non-finite loss at step {step + 1})")
                 optim.zero_grad(set_to_none=True)
@@ -111,7 +115,7 @@ def train_adapters(model, codec, amap: dict[int, int], opt: TuneOptions, callbac
             p.requires_grad_(False)
             p.grad = None
     emit({"event": "done"})
-    return {"steps": step, "examples": len(ids), "loss_log": losses, "options": asdict(opt)}
+    return {"steps": step, "examples": len(batch), "loss_log": losses, "options": asdict(opt)}
 
 
 def save_adapters(out: Path, state: dict[str, torch.Tensor], info: dict) -> None:
@@ -134,14 +138,19 @@ def load_adapters(folder: Path) -> tuple[dict[str, torch.Tensor], dict]:
 def grad_cosine(emulator, emu_map: dict[int, int], full, full_map: dict[int, int], ids, labels, verb,
                 pad_id: int) -> float:
     """Cosine similarity of the adapter gradient (all adapter parameters, flattened in full-model name order) on
-    the emulator vs on the full model, for one batch."""
+    the emulator vs on the full model, for one classification batch."""
+    return grad_cosine_on(emulator, emu_map, full, full_map, FW.Classification(ids, labels, verb, pad_id))
+
+
+def grad_cosine_on(emulator, emu_map: dict[int, int], full, full_map: dict[int, int], batch) -> float:
+    """grad_cosine for a batch of any task type (offsite.forward.task_examples), its mean loss over all of it."""
     flat = []
     for model, amap in ((emulator, emu_map), (full, full_map)):
         params = adapter_params(model, amap)
         for _, p in params:
             p.requires_grad_(True)
             p.grad = None
-        FW.loss(model, ids, labels, verb, pad_id).backward()
+        batch.loss(model, list(range(len(batch)))).backward()
         named = sorted((n, p.grad.detach().reshape(-1).double().clone()) for n, p in params)
         flat.append((tuple(n for n, _ in named), torch.cat([g for _, g in named])))
         for _, p in params:
