@@ -185,9 +185,11 @@ def _missing_column(path: Path, column: str, found: Sequence[str], hint: str = "
     return DataError(f"{path}: missing column {column!r} (columns found: {_columns(found)}){hint}")
 
 
-def _rows_delimited(path: Path, content: str, delimiter: str, quoting: int,
-                    text_column: str, label_column: str) -> Iterator[tuple[int, int, Any, Any]]:
-    """(row, line, text, label) for each data row of a .tsv/.csv file; row 1 is the first line after the header."""
+Record = Iterator[tuple[int, int | None, dict[str, Any]]]  # (row, line or None, {column: value})
+
+
+def _records_delimited(path: Path, content: str, delimiter: str, quoting: int, columns: Sequence[str]) -> Record:
+    """(row, line, {column: value}) for each data row of a .tsv/.csv file; row 1 is the first line after the header."""
     reader = csv.reader(io.StringIO(content), delimiter=delimiter, quoting=quoting, strict=True)
     try:
         header = next(reader, None)
@@ -197,10 +199,10 @@ def _rows_delimited(path: Path, content: str, delimiter: str, quoting: int,
         dupes = sorted({h for h in header if header.count(h) > 1})
         if dupes:
             raise DataError(f"{path}: duplicate column name(s) in the header: {_columns(dupes)}")
-        for col in (text_column, label_column):
+        for col in columns:
             if col not in header:
                 raise _missing_column(path, col, header, "; does the file start with a header line?")
-        ti, li = header.index(text_column), header.index(label_column)
+        at = {col: header.index(col) for col in columns}
         row = 0
         for fields in reader:
             if not fields:  # blank line
@@ -209,14 +211,17 @@ def _rows_delimited(path: Path, content: str, delimiter: str, quoting: int,
             if len(fields) != len(header):
                 raise DataError(f"{path}: row {row} (line {reader.line_num}) has {len(fields)} fields, "
                                 f"expected {len(header)} like the header")
-            yield row, reader.line_num, fields[ti], fields[li]
+            yield row, reader.line_num, {col: fields[i] for col, i in at.items()}
     except csv.Error as e:
         raise DataError(f"{path}: malformed {path.suffix} near line {reader.line_num}: {e}") from None
 
 
-def _rows_jsonl(path: Path, content: str,
-                text_column: str, label_column: str) -> Iterator[tuple[int, int, Any, Any]]:
-    """(row, line, text, label) for each JSON object in a .jsonl file; blank lines are skipped."""
+def _records_jsonl(path: Path, content: str, columns: Sequence[str], *, quote: Callable[[str], str] = _shown,
+                   expected: str | None = None) -> Record:
+    """(row, line, {column: value}) for each JSON object in a .jsonl file; blank lines are skipped.
+
+    `quote` writes a missing column's name and `expected` what a line should be an object with (default: the
+    list of columns): the classification loader passes its own, older wording so its messages stay as they were."""
     row = 0
     for line_no, line in enumerate(content.splitlines(), start=1):
         if not line.strip():
@@ -232,12 +237,12 @@ def _rows_jsonl(path: Path, content: str,
             raise DataError(f"{path}: line {line_no} holds a JSON number too long to read") from None
         if not isinstance(obj, dict):
             raise DataError(f"{path}: line {line_no} is a JSON {type(obj).__name__}, expected an object "
-                            f"with {text_column!r} and {label_column!r} fields")
-        for col in (text_column, label_column):
+                            f"{expected or f'with fields {_columns(columns)}'}")
+        for col in columns:
             if col not in obj:
-                raise DataError(f"{path}: row {row} (line {line_no}) has no {col!r} field "
+                raise DataError(f"{path}: row {row} (line {line_no}) has no {quote(col)} field "
                                 f"(fields found: {_columns(list(obj))})")
-        yield row, line_no, obj[text_column], obj[label_column]
+        yield row, line_no, {col: obj[col] for col in columns}
 
 
 def _optional(module: str, path: Path, what: str):
@@ -250,26 +255,21 @@ def _optional(module: str, path: Path, what: str):
         raise DataError(f"{path}: reading {what} needs {module.split('.')[0]}; install it with: {DATA_EXTRA}") from None
 
 
-def _rows_columns(texts: Sequence[Any], labels: Sequence[Any]) -> Iterator[tuple[int, None, Any, Any]]:
-    """(row, None, text, label) for a columnar file: rows count from 1 and there are no lines."""
-    for row, (text, label) in enumerate(zip(texts, labels), start=1):
-        yield row, None, text, label
-
-
-def _rows_parquet(path: Path, text_column: str, label_column: str) -> Iterator[tuple[int, None, Any, Any]]:
+def _records_parquet(path: Path, columns: Sequence[str]) -> Record:
+    """(row, None, {column: value}) for each row of a .parquet file: rows count from 1 and there are no lines."""
     pq = _optional("pyarrow.parquet", path, ".parquet files")
     try:  # the footer only: its errors (bad magic bytes, truncated file) hold no row values
         names = pq.read_schema(path).names
     except Exception as e:  # pyarrow raises its own ArrowInvalid / ArrowIOError / OSError mix
         raise DataError(f"{path}: not a readable Parquet file ({str(e).splitlines()[0][:160]})") from None
-    for col in (text_column, label_column):
+    for col in columns:
         if col not in names:
             raise _missing_column(path, col, names)
     try:
-        table = pq.read_table(path, columns=[text_column, label_column])
+        table = pq.read_table(path, columns=list(columns))
     except Exception as e:  # a damaged data page; the message may describe values, so only its type is shown
         raise DataError(f"{path}: cannot read the Parquet data ({type(e).__name__})") from None
-    return _rows_columns(table.column(text_column).to_pylist(), table.column(label_column).to_pylist())
+    return ((row, None, rec) for row, rec in enumerate(table.to_pylist(), start=1))
 
 
 def _saved_dataset_kind(path: Path) -> str | None:
@@ -281,8 +281,9 @@ def _saved_dataset_kind(path: Path) -> str | None:
     return None
 
 
-def _rows_saved_dataset(path: Path, text_column: str, label_column: str,
-                        label_names: Sequence[str] | None) -> Iterator[tuple[int, None, Any, Any]]:
+def _records_saved_dataset(path: Path, columns: Sequence[str], class_column: str | None = None) -> Record:
+    """(row, None, {column: value}) for each row of a save_to_disk folder. A ClassLabel `class_column` (the
+    classification label, when the task has label_names) is read as its names rather than its indices."""
     if _saved_dataset_kind(path) == "dict":  # one config path is one split: say which folders are splits
         try:
             splits = [str(s) for s in json.loads((path / "dataset_dict.json").read_text())["splits"]]
@@ -296,16 +297,48 @@ def _rows_saved_dataset(path: Path, text_column: str, label_column: str,
         ds = ds_lib.load_from_disk(str(path))
     except Exception as e:  # datasets raises FileNotFoundError, ValueError, pyarrow errors for a damaged folder
         raise DataError(f"{path}: cannot load this datasets folder ({type(e).__name__})") from None
-    for col in (text_column, label_column):
+    for col in columns:
         if col not in ds.column_names:
             raise _missing_column(path, col, ds.column_names)
-    labels = list(ds[label_column])
-    feature = ds.features[label_column]
-    if label_names is not None and isinstance(feature, ds_lib.ClassLabel):
+    values = {col: list(ds[col]) for col in columns}
+    feature = ds.features[class_column] if class_column is not None else None
+    if isinstance(feature, ds_lib.ClassLabel):
         # A ClassLabel stores indices into its own names; task.label_names may order the labels differently, so
         # match by name. Indices outside the ClassLabel stay as they are and fail the range check with their row.
-        labels = [feature.names[v] if isinstance(v, int) and 0 <= v < len(feature.names) else v for v in labels]
-    return _rows_columns(list(ds[text_column]), labels)
+        values[class_column] = [feature.names[v] if isinstance(v, int) and 0 <= v < len(feature.names) else v
+                                for v in values[class_column]]
+    return ((row, None, {col: values[col][row - 1] for col in columns}) for row in range(1, len(ds) + 1))
+
+
+def _records(path: Path, columns: Sequence[str], task_type: str, class_column: str | None = None) -> Record:
+    """(row, line, {column: value}) for every row of a task's file: .tsv/.csv/.jsonl/.parquet or a save_to_disk
+    folder. A classification task reads columns [text, label]; `class_column` as in `_records_saved_dataset`."""
+    if not path.exists():
+        raise DataError(f"{path}: file not found")
+    suffix = path.suffix.lower()
+    if path.is_dir():
+        if _saved_dataset_kind(path) is None:
+            raise DataError(f"{path}: is a directory, expected a {', '.join(EXTENSIONS)} file or a folder written "
+                            "by datasets' save_to_disk")
+        return _records_saved_dataset(path, columns, class_column)
+    if suffix not in EXTENSIONS:
+        raise DataError(f"{path}: unsupported file type {path.suffix or '(no extension)'!r} "
+                        f"(use {', '.join(EXTENSIONS)} or a datasets save_to_disk folder)")
+    if suffix in (".tsv", ".csv") and task_type == "multiple_choice":
+        raise DataError(f"{path}: a {suffix} file cannot hold a list of choices per row; use .jsonl (one JSON "
+                        "object per line, choices as a JSON list)")
+    if suffix == ".parquet":
+        return _records_parquet(path, columns)
+    content = _read_text(path)
+    if suffix == ".jsonl":
+        if task_type == "classification":  # its wording predates the other types'; kept as users and tests know it
+            text_column, label_column = columns
+            return _records_jsonl(path, content, columns, quote=repr,
+                                  expected=f"with {text_column!r} and {label_column!r} fields")
+        return _records_jsonl(path, content, columns)
+    if suffix == ".tsv":  # SST-2 text holds bare quotes: no quoting at all
+        return _records_delimited(path, content, "\t", csv.QUOTE_NONE, columns)
+    return _records_delimited(path, content, ",", csv.QUOTE_MINIMAL, columns)
 
 
 def _parse_label(value: Any, names: dict[str, int] | None, n_labels: int | None,
@@ -347,15 +380,15 @@ def _read_text(path: Path) -> str:
     return content
 
 
-def _rows_text(path: Path, suffix: str, text_column: str,
-               label_column: str) -> Iterator[tuple[int, int, Any, Any]]:
-    """(row, line, text, label) of a .tsv/.csv/.jsonl file."""
-    content = _read_text(path)
-    if suffix == ".jsonl":
-        return _rows_jsonl(path, content, text_column, label_column)
-    if suffix == ".tsv":  # SST-2 text holds bare quotes: no quoting at all
-        return _rows_delimited(path, content, "\t", csv.QUOTE_NONE, text_column, label_column)
-    return _rows_delimited(path, content, ",", csv.QUOTE_MINIMAL, text_column, label_column)
+def _where(path: Path, row: int, line: int | None) -> Callable[[str], str]:
+    """`where(subject)` for one row's errors: "<path>: <subject> at row R (line L)"; columnar files have no lines."""
+    return lambda subject: f"{path}: {subject} at row {row}" + (f" (line {line})" if line is not None else "")
+
+
+def _no_examples(path: Path) -> DataError:
+    shape = "has a header but no rows" if path.suffix.lower() in (".tsv", ".csv") and not path.is_dir() else \
+        "has no rows"
+    return DataError(f"{path}: no examples (the file {shape})")
 
 
 def load_examples(path: str | os.PathLike, text_column: str = "text", label_column: str = "label",
@@ -390,27 +423,12 @@ def load_examples(path: str | os.PathLike, text_column: str = "text", label_colu
         raise ConfigError(f"task.n_labels: must be a positive integer, got {n_labels!r}")
 
     path = Path(path)
-    if not path.exists():
-        raise DataError(f"{path}: file not found")
-    suffix = path.suffix.lower()
-    if path.is_dir():
-        if _saved_dataset_kind(path) is None:
-            raise DataError(f"{path}: is a directory, expected a {', '.join(EXTENSIONS)} file or a folder written "
-                            "by datasets' save_to_disk")
-        rows = _rows_saved_dataset(path, text_column, label_column, label_names)
-    elif suffix not in EXTENSIONS:
-        raise DataError(f"{path}: unsupported file type {path.suffix or '(no extension)'!r} "
-                        f"(use {', '.join(EXTENSIONS)} or a datasets save_to_disk folder)")
-    elif suffix == ".parquet":
-        rows = _rows_parquet(path, text_column, label_column)
-    else:
-        rows = _rows_text(path, suffix, text_column, label_column)
-
+    rows = _records(path, [text_column, label_column], "classification",
+                    class_column=label_column if label_names is not None else None)
     examples = []
-    for row, line, text, label in rows:
-        def where(subject: str, row: int = row, line: int | None = line) -> str:
-            return f"{path}: {subject} at row {row}" + (f" (line {line})" if line is not None else "")
-
+    for row, line, rec in rows:
+        where = _where(path, row, line)
+        text, label = rec[text_column], rec[label_column]
         if text is None:  # a null cell of a Parquet or datasets column
             raise DataError(where(f"text in column {text_column!r}") + " is missing (null)")
         if not isinstance(text, str):
@@ -422,124 +440,12 @@ def load_examples(path: str | os.PathLike, text_column: str = "text", label_colu
             raise DataError(where(f"text in column {text_column!r}") + " holds a lone surrogate (not valid Unicode)")
         examples.append(Example(text, _parse_label(label, names, n_labels, where)))
     if not examples:
-        shape = "has a header but no rows" if suffix in (".tsv", ".csv") and not path.is_dir() else "has no rows"
-        raise DataError(f"{path}: no examples (the file {shape})")
+        raise _no_examples(path)
     return examples
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Loading multiple-choice and generation files: each row is a record of named columns
-
-
-Record = Iterator[tuple[int, int | None, dict[str, Any]]]  # (row, line or None, {column: value})
-
-
-def _records_jsonl(path: Path, content: str, columns: Sequence[str]) -> Record:
-    row = 0
-    for line_no, line in enumerate(content.splitlines(), start=1):
-        if not line.strip():
-            continue
-        row += 1
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:  # e.msg describes the syntax error without quoting the line
-            raise DataError(f"{path}: line {line_no} is not valid JSON ({e.msg} at column {e.colno})") from None
-        except RecursionError:
-            raise DataError(f"{path}: line {line_no} is JSON nested too deeply") from None
-        except ValueError:  # an integer over Python's 4300-digit limit
-            raise DataError(f"{path}: line {line_no} holds a JSON number too long to read") from None
-        if not isinstance(obj, dict):
-            raise DataError(f"{path}: line {line_no} is a JSON {type(obj).__name__}, expected an object "
-                            f"with fields {_columns(columns)}")
-        for col in columns:
-            if col not in obj:
-                raise DataError(f"{path}: row {row} (line {line_no}) has no {_shown(col)} field "
-                                f"(fields found: {_columns(list(obj))})")
-        yield row, line_no, {col: obj[col] for col in columns}
-
-
-def _records_delimited(path: Path, content: str, delimiter: str, quoting: int, columns: Sequence[str]) -> Record:
-    reader = csv.reader(io.StringIO(content), delimiter=delimiter, quoting=quoting, strict=True)
-    try:
-        header = next(reader, None)
-        if header is None:
-            raise DataError(f"{path}: file is empty (expected a header line naming the columns)")
-        header = [h.strip() for h in header]
-        dupes = sorted({h for h in header if header.count(h) > 1})
-        if dupes:
-            raise DataError(f"{path}: duplicate column name(s) in the header: {_columns(dupes)}")
-        for col in columns:
-            if col not in header:
-                raise _missing_column(path, col, header, "; does the file start with a header line?")
-        at = {col: header.index(col) for col in columns}
-        row = 0
-        for fields in reader:
-            if not fields:  # blank line
-                continue
-            row += 1
-            if len(fields) != len(header):
-                raise DataError(f"{path}: row {row} (line {reader.line_num}) has {len(fields)} fields, "
-                                f"expected {len(header)} like the header")
-            yield row, reader.line_num, {col: fields[i] for col, i in at.items()}
-    except csv.Error as e:
-        raise DataError(f"{path}: malformed {path.suffix} near line {reader.line_num}: {e}") from None
-
-
-def _records_parquet(path: Path, columns: Sequence[str]) -> Record:
-    pq = _optional("pyarrow.parquet", path, ".parquet files")
-    try:  # the footer only: its errors (bad magic bytes, truncated file) hold no row values
-        names = pq.read_schema(path).names
-    except Exception as e:  # pyarrow raises its own ArrowInvalid / ArrowIOError / OSError mix
-        raise DataError(f"{path}: not a readable Parquet file ({str(e).splitlines()[0][:160]})") from None
-    for col in columns:
-        if col not in names:
-            raise _missing_column(path, col, names)
-    try:
-        table = pq.read_table(path, columns=list(columns))
-    except Exception as e:  # a damaged data page; the message may describe values, so only its type is shown
-        raise DataError(f"{path}: cannot read the Parquet data ({type(e).__name__})") from None
-    return ((row, None, rec) for row, rec in enumerate(table.to_pylist(), start=1))
-
-
-def _records_saved_dataset(path: Path, columns: Sequence[str]) -> Record:
-    if _saved_dataset_kind(path) == "dict":  # the classification reader words this error: reuse it
-        _rows_saved_dataset(path, columns[0], columns[0], None)
-    ds_lib = _optional("datasets", path, "a save_to_disk folder")
-    try:
-        ds = ds_lib.load_from_disk(str(path))
-    except Exception as e:  # datasets raises FileNotFoundError, ValueError, pyarrow errors for a damaged folder
-        raise DataError(f"{path}: cannot load this datasets folder ({type(e).__name__})") from None
-    for col in columns:
-        if col not in ds.column_names:
-            raise _missing_column(path, col, ds.column_names)
-    values = {col: list(ds[col]) for col in columns}
-    return ((row, None, {col: values[col][row - 1] for col in columns}) for row in range(1, len(ds) + 1))
-
-
-def _records(path: Path, columns: Sequence[str], task_type: str) -> Record:
-    """(row, line, {column: value}) for every row of a custom or built-in file of a non-classification task."""
-    if not path.exists():
-        raise DataError(f"{path}: file not found")
-    suffix = path.suffix.lower()
-    if path.is_dir():
-        if _saved_dataset_kind(path) is None:
-            raise DataError(f"{path}: is a directory, expected a {', '.join(EXTENSIONS)} file or a folder written "
-                            "by datasets' save_to_disk")
-        return _records_saved_dataset(path, columns)
-    if suffix not in EXTENSIONS:
-        raise DataError(f"{path}: unsupported file type {path.suffix or '(no extension)'!r} "
-                        f"(use {', '.join(EXTENSIONS)} or a datasets save_to_disk folder)")
-    if suffix in (".tsv", ".csv") and task_type == "multiple_choice":
-        raise DataError(f"{path}: a {suffix} file cannot hold a list of choices per row; use .jsonl (one JSON "
-                        "object per line, choices as a JSON list)")
-    if suffix == ".parquet":
-        return _records_parquet(path, columns)
-    content = _read_text(path)
-    if suffix == ".jsonl":
-        return _records_jsonl(path, content, columns)
-    if suffix == ".tsv":  # as for classification: no quoting at all
-        return _records_delimited(path, content, "\t", csv.QUOTE_NONE, columns)
-    return _records_delimited(path, content, ",", csv.QUOTE_MINIMAL, columns)
+# Loading multiple-choice and generation files (through the same `_records` readers as classification)
 
 
 def _string(value: Any, what: str, where: Callable[[str], str], *, empty_ok: bool = False) -> str:
@@ -617,9 +523,7 @@ def load_qa_examples(path: str | os.PathLike, task_type: str, fields: Sequence[s
     columns = list(dict.fromkeys([*own, *fields]))
     examples = []
     for row, line, rec in _records(path, columns, task_type):
-        def where(subject: str, row: int = row, line: int | None = line) -> str:
-            return f"{path}: {subject} at row {row}" + (f" (line {line})" if line is not None else "")
-
+        where = _where(path, row, line)
         text = _string(rec[text_column], f"text in column {text_column!r}", where)
         values = tuple((name, text if name == text_column else
                         _string(rec[name], f"template field {_shown(name)}", where, empty_ok=True))
@@ -632,9 +536,7 @@ def load_qa_examples(path: str | os.PathLike, task_type: str, fields: Sequence[s
             examples.append(Example(text, 0, answers=_answers(rec[answers_column], answers_column, where),
                                     fields=values))
     if not examples:
-        shape = "has a header but no rows" if path.suffix.lower() in (".tsv", ".csv") and not path.is_dir() else \
-            "has no rows"
-        raise DataError(f"{path}: no examples (the file {shape})")
+        raise _no_examples(path)
     return examples
 
 
