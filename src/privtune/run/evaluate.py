@@ -20,10 +20,13 @@ def headline(result: dict) -> tuple[str, float]:
     return ("f1", result["f1"]) if "f1" in result else ("accuracy", result["accuracy"])
 
 
+ROW_KEYS = {"accuracy": "eval_accuracy", "f1": "eval_f1", "exact_match": "eval_exact_match"}  # metric → row key
+
+
 def eval_row(result: dict) -> dict:
     """An eval's entries in a metrics.jsonl row: eval_accuracy, or eval_f1 and eval_exact_match."""
     keys = ("f1", "exact_match") if "f1" in result else ("accuracy",)
-    return {f"eval_{k}": result[k] for k in keys}
+    return {ROW_KEYS[k]: result[k] for k in keys}
 
 
 def metric_fields(result: dict) -> dict:

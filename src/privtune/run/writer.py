@@ -16,7 +16,7 @@ from ..errors import BudgetError, PrivtuneError
 from ..methods import Method, Release
 from ..trainable import load_trainable_state, trainable_state
 from . import keystore as KS
-from .evaluate import eval_row, metric_fields
+from .evaluate import ROW_KEYS, metric_fields
 from .ledger import Ledger
 from .rundir import RunDir
 from .setup import Setup, engine_record, save_model
@@ -147,9 +147,9 @@ class Writer:
         result = {**metric_fields(final), "total": final["total"], "task": cfg.task.name, "split": "eval",
                   "steps": self.steps, "wall_time_s": round(time.time() - t0, 2)}
         first = next((r for r in self.run.read_metrics() if r.get("kind") == "eval" and r["step"] == 0), None)
-        for key in eval_row(final) if first is not None else ():
-            if key in first:
-                result["initial_" + key.removeprefix("eval_")] = first[key]
+        for metric, key in ROW_KEYS.items() if first is not None else ():
+            if key in first and metric in final:
+                result["initial_" + metric] = first[key]
         self.run.write_record(self.run.eval, result)
         return result
 
