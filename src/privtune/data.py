@@ -62,10 +62,10 @@ class TaskSpec:
 
     train: str | None  # None: an eval-only task (no train split)
     eval: str
-    n_labels: int  # classification: the number of labels; other types: 0 (the rows say)
-    label_names: tuple[str, ...] | None  # None: the files hold integer labels 0..n_labels-1
     template: str
-    verbalizer: tuple[str, ...]  # () for non-classification tasks
+    n_labels: int = 0  # classification: the number of labels; other types: 0 (the rows say)
+    label_names: tuple[str, ...] | None = None  # None: the files hold integer labels 0..n_labels-1
+    verbalizer: tuple[str, ...] = ()  # () for non-classification tasks
     type: str = "classification"
     text_column: str = "text"
     dev: str | None = None  # a validation split for tuning presets (benchmarks only), where the source has one
@@ -91,20 +91,14 @@ TASKS: dict[str, TaskSpec] = {
     "squad": TaskSpec(  # generation; template: MeZO's SQuAD prompt
         train="squad/train.jsonl",
         eval="squad/dev.jsonl",
-        n_labels=0,
-        label_names=None,
         template="Title: {title}\nContext: {context}\nQuestion: {question}\nAnswer:",
-        verbalizer=(),
         type="generation",
         text_column="question",
     ),
     **{name: TaskSpec(  # ARC reports on its test split (the papers do); dev is for tuning presets only
         train=f"{name}/train.jsonl",
         eval=f"{name}/test.jsonl",
-        n_labels=0,
-        label_names=None,
         template="Question: {question}\nAnswer:",
-        verbalizer=(),
         type="multiple_choice",
         text_column="question",
         dev=f"{name}/dev.jsonl",
@@ -112,10 +106,7 @@ TASKS: dict[str, TaskSpec] = {
     "openbookqa": TaskSpec(  # only the test split is shipped: eval only
         train=None,
         eval="openbookqa/test.jsonl",
-        n_labels=0,
-        label_names=None,
         template="Question: {question}\nAnswer:",
-        verbalizer=(),
         type="multiple_choice",
         text_column="question",
     ),
