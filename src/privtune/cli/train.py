@@ -64,7 +64,7 @@ def _summary(out_dir: str, result: dict, seconds: float) -> str:
     """`accuracy 78.6% → 80.6% · (ε=2, δ=1e-05)-DP, MIA posterior ≤ 0.881 · runs/sst2_dpzero · 35 s`: the run's
     guarantee as its method words it, from privacy.json."""
     from ..methods import find
-    from ..run.evaluate import headline
+    from ..zo.sums import headline
     from ..run.rundir import RunDir
 
     run = RunDir(out_dir)

@@ -8,16 +8,11 @@ from pathlib import Path
 from ..errors import ConfigError
 from ..methods import build_config
 from ..trainable import load_trainable_state
-from ..zo.sums import score
+from ..zo.sums import headline, score
 from .rundir import RunDir
 from .setup import Setup, encode_examples, prepare
 
 SPLITS = {"dev": "eval", "test": "eval", "eval": "eval", "validation": "eval", "train": "train"}
-
-
-def headline(result: dict) -> tuple[str, float]:
-    """The metric a run is judged by, and its value: accuracy, or F1 for a generation task."""
-    return ("f1", result["f1"]) if "f1" in result else ("accuracy", result["accuracy"])
 
 
 ROW_KEYS = {"accuracy": "eval_accuracy", "f1": "eval_f1", "exact_match": "eval_exact_match"}  # metric → row key

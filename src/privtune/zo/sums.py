@@ -90,3 +90,8 @@ def score(engine, data, callback=None) -> dict:
         return {"f1": s["f1"] / 100.0, "exact_match": s["exact_match"] / 100.0, "total": len(preds)}
     acc, correct = accuracy(engine, data, callback=callback)
     return {"accuracy": acc, "correct": correct, "total": len(data)}
+
+
+def headline(result: dict) -> tuple[str, float]:
+    """The metric a run is judged by, and its value: accuracy, or F1 for a generation task (a `score` result)."""
+    return ("f1", result["f1"]) if "f1" in result else ("accuracy", result["accuracy"])
