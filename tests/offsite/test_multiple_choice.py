@@ -14,7 +14,7 @@ from privtune.offsite import forward as FW
 from privtune.offsite import gcs as GCS
 from privtune.offsite import plug as P
 from privtune.offsite import tune as T
-from privtune.zo.sequences import SequenceForward
+from privtune.zo.sequences import SeqSpec, SequenceForward
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +29,7 @@ def arc():
 
 def _engine_scores(model, codec, task, examples):
     """Choice scores exactly as the ZO engine builds them (run.setup.encode_examples' packing)."""
-    fwd = SequenceForward(model, "multiple_choice", task.choice_score, cache_layer=0)
+    fwd = SequenceForward(model, SeqSpec("multiple_choice", task.choice_score), cache_layer=0)
     prompts = [codec.encode(render_example(task.template, ex)) for ex in examples]
     branches = [[codec.continuation(" " + c) for c in ex.choices] for ex in examples]
     data = fwd.encode_packed(prompts, branches, [ex.label for ex in examples])

@@ -9,7 +9,7 @@ from privtune.errors import ConfigError, DataError
 from privtune.models import build_tiny
 from privtune.trainable import select
 from privtune.zo.forward import Forward
-from privtune.zo.sequences import SequenceForward, pack
+from privtune.zo.sequences import SeqSpec, SequenceForward, pack
 
 PROMPTS = [[1, 5, 9, 14, 3], [1, 7, 2], [1, 30, 31, 32, 33, 34, 35, 36]]
 BRANCHES = [[[40, 41], [42], [43, 44, 45]], [[50], [51, 52]], [[60, 61, 62], [63], [64], [65, 66]]]
@@ -28,7 +28,7 @@ def reference(model, prompt, branch) -> torch.Tensor:
 def scores(kind: str, task_type: str, choice_score: str = "sum", use_cache: bool = True, micro_batch: int = 2):
     lm = build_tiny(0)
     sel = select(lm.model, kind)
-    fwd = SequenceForward(sel.model, task_type, choice_score, micro_batch=micro_batch,
+    fwd = SequenceForward(sel.model, SeqSpec(task_type, choice_score), micro_batch=micro_batch,
                           cache_layer=sel.first_trainable_layer if use_cache else 0)
     branches = BRANCHES if task_type == "multiple_choice" else [b[:1] for b in BRANCHES]
     data = fwd.encode_packed(PROMPTS, branches, LABELS if task_type == "multiple_choice" else [0, 0, 0])
@@ -93,7 +93,20 @@ def test_head_kinds_and_non_llama_models_are_refused():
     lm = build_tiny(0)
     sel = select(lm.model, "head", verbalizer_ids=[5, 6])
     with pytest.raises(ConfigError, match="trainable.kind"):
-        SequenceForward(sel.model, "multiple_choice")
+        SequenceForward(sel.model, SeqSpec("multiple_choice"))
+
+
+def test_the_spec_is_the_one_source_of_task_type_and_choice_score():
+    """SequenceForward takes the task's type and choice scoring only from its SeqSpec, and its task_type /
+    choice_score (read by zo.sums, BBoxER) are that spec's, read-only: they cannot drift apart from it."""
+    sel = select(build_tiny(0).model, "final_norm")
+    spec = SeqSpec("multiple_choice", "mean")
+    fwd = SequenceForward(sel.model, spec)
+    assert fwd.spec is spec and (fwd.task_type, fwd.choice_score) == ("multiple_choice", "mean")
+    with pytest.raises(AttributeError):
+        fwd.choice_score = "sum"
+    with pytest.raises(ConfigError, match="task.type: 'classification'"):
+        SequenceForward(sel.model, SeqSpec("classification"))
 
 
 def test_classification_forward_unchanged_by_trees():

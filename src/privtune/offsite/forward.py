@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from ..data import Example, Task, render, render_example
 from ..errors import ConfigError
 from ..zo.forward import geometry, last_position_logits, left_pad, length_sorted_chunks, run_blocks
-from ..zo.sequences import SequenceForward, pack
+from ..zo.sequences import SeqSpec, SequenceForward, pack
 
 
 def verbalizer_logits(model, batch: list[list[int]], verb: list[int], pad_id: int = 0) -> torch.Tensor:
@@ -84,7 +84,7 @@ class MultipleChoice:
     def __init__(self, codec, template: str, examples: list[Example], choice_score: str = "sum"):
         if not examples:
             raise ConfigError("task: no multiple-choice examples to score")
-        self.choice_score = choice_score
+        self.spec = SeqSpec("multiple_choice", choice_score)
         self.prompts = [codec.encode(render_example(template, ex)) for ex in examples]
         self.branches = [[codec.continuation(" " + c) for c in ex.choices] for ex in examples]
         self.labels = torch.tensor([ex.label for ex in examples], dtype=torch.long)
@@ -97,7 +97,7 @@ class MultipleChoice:
 
     def forward(self, model) -> SequenceForward:
         """The scorer for `model` (no frozen-prefix cache: offsite tuning trains the bottom blocks)."""
-        return SequenceForward(model, "multiple_choice", self.choice_score, cache_layer=0)
+        return SequenceForward(model, self.spec, cache_layer=0)
 
     def data(self, fwd: SequenceForward):
         # Without a prefix cache the packed sequences do not depend on the model: pack once, reuse for every model.

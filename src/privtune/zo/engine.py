@@ -42,8 +42,7 @@ class ZOEngine:
         if seq is None:
             self.forward = Forward(self.model, verbalizer_ids, self.device, micro_batch, cache_layer=cache_layer)
         else:
-            self.forward = SequenceForward(self.model, seq.task_type, seq.choice_score, self.device, micro_batch,
-                                           cache_layer=cache_layer, spec=seq)
+            self.forward = SequenceForward(self.model, seq, self.device, micro_batch, cache_layer=cache_layer)
         # Where z comes from (zo.kernels): torch (z materialized, banked) or triton (fused, z never stored).
         self.z_kernel = resolve(z_kernel, self.device)
         self.zb = backend(self.z_kernel)

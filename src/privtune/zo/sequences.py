@@ -117,8 +117,8 @@ class SequenceForward(Forward):
     """Forward for multiple_choice and generation tasks: per-example choice scores or answer log-probs (module
     docstring), and for generation greedy answers (`generate`). Needs the Llama layout (model.layers, model.norm)."""
 
-    def __init__(self, model, task_type: str, choice_score: str = "sum", device="cpu", micro_batch: int = 64,
-                 cache_layer: int = 0, spec: SeqSpec | None = None):
+    def __init__(self, model, spec: SeqSpec, device="cpu", micro_batch: int = 64, cache_layer: int = 0):
+        task_type = spec.task_type
         if task_type not in SEQUENCE_TYPES:
             raise ConfigError(f"task.type: {task_type!r} is not one of {', '.join(SEQUENCE_TYPES)}")
         if verbalizer_head(model) is not None:
@@ -128,10 +128,19 @@ class SequenceForward(Forward):
         if self.base is None:
             raise ConfigError(f"model.name: task.type {task_type} needs a Llama-style decoder (model.layers, "
                               "model.norm)")
-        self.task_type, self.choice_score = task_type, choice_score
-        self.spec = spec or SeqSpec(task_type, choice_score)
+        self.spec = spec
         self.exact_positions = self.last_position_only  # Llama-style blocks: queries only where targets are read
         self.last_position_only = True  # the last block always goes through _last_block (which gathers)
+
+    # The spec is the one source of what the task asks; these read it (callers check forward.task_type whatever
+    # the forward's class: Forward's is "classification").
+    @property
+    def task_type(self) -> str:
+        return self.spec.task_type
+
+    @property
+    def choice_score(self) -> str:
+        return self.spec.choice_score
 
     # ------------------------------------------------------------------------------------------ encoding
     def encode_packed(self, prompts: list[list[int]], branches: list[list[list[int]]], labels,
