@@ -5,8 +5,12 @@ import pytest
 import torch
 
 from privtune import dist
+from privtune.models import build_tiny
+from privtune.trainable import select
+from privtune.zo.engine import ZOEngine
 from privtune.zo.forward import Encoded
-from privtune.zo.sums import accuracy, chunk_sums, ordered_sum, pair_sums, zo_scalars
+from privtune.zo.sequences import SeqSpec
+from privtune.zo.sums import accuracy, chunk_sums, ordered_sum, pair_sums, score, zo_scalars
 
 
 @pytest.mark.parametrize("P", [2, 3, 7])
@@ -92,3 +96,17 @@ def test_accuracy_reports_each_chunk_it_scores():
     assert accuracy(Eng(), data, callback=events.append) == (3 / 5, 3)
     assert seen == [[0, 1], [2, 3], [4]]  # one pass per chunk
     assert events == [{"event": "score", "done": d, "total": 5} for d in (2, 4, 5)]
+
+
+def test_generation_score_decodes_from_the_prompts_and_refuses_examples_without_them():
+    """A generation task is scored by greedy answers decoded from the prompts alone. Examples encoded without them
+    (Forward.encode_packed's ids are prompt + gold answer) are refused, not decoded from after their answer."""
+    lm = build_tiny(0)
+    eng = ZOEngine(select(lm.model, "final_norm"), [], seq=SeqSpec("generation", codec=lm.codec, max_new_tokens=2))
+    prompts = [[1, 5, 9], [1, 7]]
+    data = eng.forward.encode_packed(prompts, [[[40, 41]], [[50]]], [0, 0])
+    data.answers = [("a",), ("b",)]
+    with pytest.raises(ValueError, match="no prompts"):
+        score(eng, data)
+    data.prompts = prompts
+    assert score(eng, data)["total"] == 2

@@ -85,7 +85,13 @@ def score(engine, data, callback=None) -> dict:
     multiple_choice: argmax over the label words or the choices' scores), or for generation the SQuAD exact match
     and token F1 of its greedy answers (max over the gold answers), as fractions."""
     if engine.forward.task_type == "generation":
-        preds = engine.forward.generate(data.prompts if data.prompts is not None else data.ids, callback)
+        # Greedy answers are decoded from the prompts alone. run.setup.encode_examples sets them on every generation
+        # Encoded; without them the ids are the packed prompt + gold answer, and decoding after those would score
+        # a continuation of the answer.
+        if data.prompts is None:
+            raise ValueError("zo.sums.score: a generation task's examples carry no prompts to decode from "
+                             "(encode them with run.setup.encode_examples)")
+        preds = engine.forward.generate(data.prompts, callback)
         s = squad_scores(preds, data.answers)
         return {"f1": s["f1"] / 100.0, "exact_match": s["exact_match"] / 100.0, "total": len(preds)}
     acc, correct = accuracy(engine, data, callback=callback)
