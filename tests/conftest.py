@@ -1,9 +1,14 @@
+from pathlib import Path
+
 import pytest
 import torch
 
 from privtune import config as C
 from privtune import methods as M
-from privtune.run.loop import StopRequested
+from privtune.errors import ConfigError, DataError
+from privtune.run.loop import StopRequested, train
+
+SECRET = "my secret row text"  # planted in bad data rows and files; must never show up in an error message
 
 
 def tiny_cfg(tmp_path, **over) -> dict:
@@ -19,6 +24,26 @@ def tiny_cfg(tmp_path, **over) -> dict:
     for k, v in over.items():
         C.set_dotted(d, k, v)
     return d
+
+
+def data_error(fn, path: Path, *args, **kwargs) -> str:
+    """Call fn, expect a one-line DataError naming `path` and quoting no row text; return the message."""
+    with pytest.raises(DataError) as info:
+        fn(*args, **kwargs)
+    msg = str(info.value)
+    assert str(path) in msg and "\n" not in msg, msg
+    assert SECRET not in msg, msg
+    return msg
+
+
+def config_error(field: str, fn, *args, **kwargs) -> str:
+    """Call fn, expect a one-line ConfigError that starts with the config field `field` and quotes no row text."""
+    with pytest.raises(ConfigError) as info:
+        fn(*args, **kwargs)
+    msg = str(info.value)
+    assert msg.startswith(field + ":"), msg
+    assert "\n" not in msg and SECRET not in msg
+    return msg
 
 
 @pytest.fixture
@@ -62,3 +87,19 @@ def same_run():
         wb = A.load_tensors(b / "model" / "trainable.safetensors")
         assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
     return check
+
+
+@pytest.fixture(scope="module")
+def reference_run(tmp_path_factory, request):
+    """(tmp, ref): a folder for a module's runs, and the uninterrupted run `ref` there that its crashed or failing
+    runs must end identical to, trained once per module. The module says which: its SECRET_SEED and
+    reference_config(tmp) → the run's config dict. The seed and the keystore cache tmp/cache are set while it trains
+    only (a test sets them again for its own runs)."""
+    tmp = tmp_path_factory.mktemp("reference")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("PRIVTUNE_SECRET_SEED", request.module.SECRET_SEED)
+        mp.setenv("PRIVTUNE_CACHE", str(tmp / "cache"))
+        torch.set_num_threads(1)
+        cfg = M.build_config(request.module.reference_config(tmp))
+        train(cfg)
+        yield tmp, Path(cfg.out_dir)

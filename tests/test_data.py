@@ -11,10 +11,12 @@ import pytest
 
 from privtune import data
 from privtune.data import Example, balanced_pool, data_dir, load_examples, load_task, render, sample_batch
-from privtune.errors import ConfigError, DataError
+from privtune.errors import DataError
+
+from conftest import SECRET, config_error
+from conftest import data_error as expect_data_error
 
 REPO = Path(__file__).resolve().parents[1]
-SECRET = "my secret row text"  # planted in bad files; must never show up in an error message
 
 
 def write(tmp_path: Path, name: str, content: str | bytes) -> Path:
@@ -28,22 +30,7 @@ def write(tmp_path: Path, name: str, content: str | bytes) -> Path:
 
 def data_error(path: Path, *args, **kwargs) -> str:
     """Load `path`, expect a DataError naming it on one line and quoting no row text; return the message."""
-    with pytest.raises(DataError) as info:
-        load_examples(path, *args, **kwargs)
-    msg = str(info.value)
-    assert str(path) in msg
-    assert "\n" not in msg
-    assert SECRET not in msg
-    return msg
-
-
-def config_error(field: str, fn, *args, **kwargs) -> str:
-    with pytest.raises(ConfigError) as info:
-        fn(*args, **kwargs)
-    msg = str(info.value)
-    assert msg.startswith(field + ":"), msg
-    assert "\n" not in msg
-    return msg
+    return expect_data_error(load_examples, path, path, *args, **kwargs)
 
 
 # ---------------------------------------------------------------------------------------------------------------

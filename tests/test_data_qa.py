@@ -8,10 +8,11 @@ import pytest
 
 from privtune.data import (TASKS, Example, Task, balanced_pool, draw_pool, load_qa_examples, load_task,
                            make_canaries, make_qa_canaries, render, render_example, template_fields)
-from privtune.errors import ConfigError, DataError
+from privtune.errors import DataError
 from privtune.run.setup import add_canaries, build_task
 
-SECRET = "my secret row text"  # planted in bad rows; must never show up in an error message
+from conftest import SECRET, config_error, data_error
+
 MC_TEMPLATE = "Question: {question}\nAnswer:"
 
 
@@ -27,25 +28,6 @@ def mc_row(**over):
 
 def gen_row(**over):
     return {"question": SECRET, "context": "ctx " + SECRET, "answers": [SECRET + " answer"], **over}
-
-
-def data_error(fn, path: Path, *args, **kwargs) -> str:
-    """Call fn, expect a one-line DataError naming `path` and quoting no row text; return the message."""
-    with pytest.raises(DataError) as info:
-        fn(*args, **kwargs)
-    msg = str(info.value)
-    assert str(path) in msg and "\n" not in msg, msg
-    assert SECRET not in msg, msg
-    return msg
-
-
-def config_error(field: str, fn, *args, **kwargs) -> str:
-    with pytest.raises(ConfigError) as info:
-        fn(*args, **kwargs)
-    msg = str(info.value)
-    assert msg.startswith(field + ":"), msg
-    assert "\n" not in msg and SECRET not in msg
-    return msg
 
 
 def load_mc(path: Path, **kw):

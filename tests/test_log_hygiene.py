@@ -204,30 +204,37 @@ def check_outputs(method: str, run: Path, texts_out: list[str], losses: list[flo
     assert not leftovers, f"keystore / private state not deleted: {leftovers}"
 
 
+def run_cli(tmp: Path, wrapper: str, jobs: dict[str, tuple[dict, list[str]]]) -> dict:
+    """Each job `name: (config, after)` runs `privtune train -c <config>` (then the commands in `after`) under
+    `wrapper`, which records the per-example losses, in the folder tmp/name with its own keystore cache; the jobs
+    run in parallel. Returns name: (stdout, stderr, recorded losses, folder)."""
+    procs = {}
+    for name, (config, after) in jobs.items():
+        d = tmp / name
+        d.mkdir()
+        cfg = d / "config.yaml"
+        cfg.write_text(yaml.safe_dump(config))
+        env = dict(os.environ, PRIVTUNE_SECRET_SEED=str(SECRET_SEED), PRIVTUNE_CACHE=str(d / "cache"),
+                   OMP_NUM_THREADS="1")
+        cmd = [sys.executable, "-c", wrapper, str(d / "losses.jsonl"), "train", "-c", str(cfg), *after]
+        procs[name] = (subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                        text=True), d)
+    out = {}
+    for name, (p, d) in procs.items():
+        stdout, stderr = p.communicate(timeout=300)
+        assert p.returncode == 0, stderr[-3000:]
+        losses = [x for line in (d / "losses.jsonl").read_text().splitlines() for x in json.loads(line)]
+        out[name] = (stdout, stderr, losses, d)
+    return out
+
+
 # ------------------------------------------------------------------------------------------------------ tests
 @pytest.fixture(scope="module")
 def cli_runs(tmp_path_factory):
     """MeZO and PACZero-MI through the CLI, in parallel, without -q (progress output included)."""
     tmp = tmp_path_factory.mktemp("hygiene_cli")
     tr, ev = write_data(tmp / "data")
-    procs = {}
-    for method in ("mezo", "paczero"):
-        d = tmp / method
-        d.mkdir()
-        cfg = d / "config.yaml"
-        cfg.write_text(yaml.safe_dump(config_dict(method, tr, ev, d / "run")))
-        env = dict(os.environ, PRIVTUNE_SECRET_SEED=str(SECRET_SEED), PRIVTUNE_CACHE=str(d / "cache"),
-                   OMP_NUM_THREADS="1")
-        cmd = [sys.executable, "-c", WRAPPER, str(d / "losses.jsonl"), "train", "-c", str(cfg)]
-        procs[method] = (subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                          text=True), d)
-    out = {}
-    for method, (p, d) in procs.items():
-        stdout, stderr = p.communicate(timeout=300)
-        assert p.returncode == 0, stderr[-3000:]
-        losses = [x for line in (d / "losses.jsonl").read_text().splitlines() for x in json.loads(line)]
-        out[method] = (stdout, stderr, losses, d)
-    return out
+    return run_cli(tmp, WRAPPER, {m: (config_dict(m, tr, ev, tmp / m / "run"), []) for m in ("mezo", "paczero")})
 
 
 @pytest.mark.parametrize("method", ["mezo", "paczero"])
@@ -325,32 +332,18 @@ def check_qa_outputs(kind: str, run: Path, texts_out: list[str], losses: list[fl
 def cli_qa_runs(tmp_path_factory):
     """A generation and a multiple-choice run through the CLI, in parallel, each followed by `privtune audit`."""
     tmp = tmp_path_factory.mktemp("hygiene_cli_qa")
-    procs = {}
+    jobs = {}
     for kind in QA_KINDS:
-        d = tmp / kind
-        d.mkdir()
         tr, ev = write_qa_data(tmp / "data", kind)
-        cfg = d / "config.yaml"
-        cfg.write_text(yaml.safe_dump(qa_config_dict(kind, tr, ev, d / "run")))
-        env = dict(os.environ, PRIVTUNE_SECRET_SEED=str(SECRET_SEED), PRIVTUNE_CACHE=str(d / "cache"),
-                   OMP_NUM_THREADS="1")
-        cmd = [sys.executable, "-c", WRAPPER_QA, str(d / "losses.jsonl"), "train", "-c", str(cfg), "::", "audit",
-               str(d / "run"), "--bootstrap", "20"]
-        procs[kind] = (subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                        text=True), d)
-    out = {}
-    for kind, (p, d) in procs.items():
-        stdout, stderr = p.communicate(timeout=300)
-        assert p.returncode == 0, stderr[-3000:]
-        losses = [x for line in (d / "losses.jsonl").read_text().splitlines() for x in json.loads(line)]
-        out[kind] = ([stdout, stderr], losses, d)
-    return out
+        run = tmp / kind / "run"
+        jobs[kind] = (qa_config_dict(kind, tr, ev, run), ["::", "audit", str(run), "--bootstrap", "20"])
+    return run_cli(tmp, WRAPPER_QA, jobs)
 
 
 @pytest.mark.parametrize("kind", list(QA_KINDS))
 def test_cli_qa_run_and_audit_leak_nothing(cli_qa_runs, kind):
-    texts, losses, d = cli_qa_runs[kind]
-    stdout, stderr = texts
+    stdout, stderr, losses, d = cli_qa_runs[kind]
+    texts = [stdout, stderr]
     assert "encoding" in stderr and "canaries: 8" in stdout and "audit.json" in stdout  # the outputs are there
     assert ("f1" if kind == "generation" else "accuracy") in stdout
     check_qa_outputs(kind, d / "run", texts, losses, d / "cache")

@@ -77,16 +77,9 @@ def spent(run: Path) -> float | None:
     return json.loads(p.read_text())["spent"] if p.exists() else None
 
 
-@pytest.fixture(scope="module")
-def env(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("disk")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("PRIVTUNE_SECRET_SEED", SECRET_SEED)
-        mp.setenv("PRIVTUNE_CACHE", str(tmp / "cache"))
-        torch.set_num_threads(1)
-        ref = Path(cfg_dict(tmp, tmp / "ref")["out_dir"])
-        train(M.build_config(cfg_dict(tmp, ref)))
-        yield tmp, ref
+def reference_config(tmp: Path) -> dict:
+    """The uninterrupted run the failing runs must end identical to (conftest's reference_run trains it once)."""
+    return cfg_dict(tmp, tmp / "ref")
 
 
 class DiskFull:
@@ -144,8 +137,8 @@ FAILURES = {  # name: (file pattern, nth write of it, errno)
 
 
 @pytest.mark.parametrize("name", sorted(FAILURES))
-def test_write_failure_keeps_the_ledger_and_resumes(env, monkeypatch, name):
-    tmp, ref = env
+def test_write_failure_keeps_the_ledger_and_resumes(reference_run, monkeypatch, name):
+    tmp, ref = reference_run
     cfg = M.build_config(cfg_dict(tmp, tmp / f"run-{name}"))
     run = Path(cfg.out_dir)
     disk = DiskFull(monkeypatch, run, *FAILURES[name])
@@ -191,8 +184,8 @@ def test_write_failure_keeps_the_ledger_and_resumes(env, monkeypatch, name):
 
 
 @pytest.mark.parametrize("name", ["creating_run_dir", "ledger_charge_step_3"])
-def test_disk_full_is_a_one_line_privtune_error(env, monkeypatch, name):
-    tmp, _ = env
+def test_disk_full_is_a_one_line_privtune_error(reference_run, monkeypatch, name):
+    tmp, _ = reference_run
     cfg = M.build_config(cfg_dict(tmp, tmp / f"clear-{name}"))
     DiskFull(monkeypatch, Path(cfg.out_dir), *FAILURES[name])
     with pytest.raises(PrivtuneError) as e:
@@ -201,8 +194,8 @@ def test_disk_full_is_a_one_line_privtune_error(env, monkeypatch, name):
     assert "\n" not in msg and "No space left" in msg
 
 
-def test_failed_model_save_leaves_no_temp_dir(env, monkeypatch):
-    tmp, _ = env
+def test_failed_model_save_leaves_no_temp_dir(reference_run, monkeypatch):
+    tmp, _ = reference_run
     cfg = M.build_config(cfg_dict(tmp, tmp / "model-tmp"))
     run = Path(cfg.out_dir)
     DiskFull(monkeypatch, run, *FAILURES["final_model"])

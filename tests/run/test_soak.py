@@ -70,16 +70,9 @@ def cfg_dict(tmp: Path, name: str, method: str = "paczero") -> dict:
             "out_dir": str(tmp / name)}
 
 
-@pytest.fixture(scope="module")
-def env(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("crash")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("PRIVTUNE_SECRET_SEED", SECRET_SEED)
-        mp.setenv("PRIVTUNE_CACHE", str(tmp / "cache"))
-        torch.set_num_threads(1)
-        ref = M.build_config(cfg_dict(tmp, "ref"))
-        train(ref)
-        yield tmp, Path(ref.out_dir)
+def reference_config(tmp: Path) -> dict:
+    """The uninterrupted run the crashed runs must end identical to (conftest's reference_run trains it once)."""
+    return cfg_dict(tmp, "ref")
 
 
 def assert_same_as(run: Path, ref: Path) -> None:
@@ -104,8 +97,8 @@ CRASH_POINTS = {
 
 
 @pytest.mark.parametrize("point", sorted(CRASH_POINTS))
-def test_crash_inside_a_write_then_resume_is_bit_identical(env, monkeypatch, point):
-    tmp, ref = env
+def test_crash_inside_a_write_then_resume_is_bit_identical(reference_run, monkeypatch, point):
+    tmp, ref = reference_run
     suffix, nth = CRASH_POINTS[point]
     cfg = M.build_config(cfg_dict(tmp, f"crash-{point}"))
     run = Path(cfg.out_dir)
@@ -128,8 +121,8 @@ def test_crash_inside_a_write_then_resume_is_bit_identical(env, monkeypatch, poi
     assert_same_as(run, ref)
 
 
-def test_torn_transcript_line_then_resume_is_bit_identical(env, monkeypatch):
-    tmp, ref = env
+def test_torn_transcript_line_then_resume_is_bit_identical(reference_run, monkeypatch):
+    tmp, ref = reference_run
     cfg = M.build_config(cfg_dict(tmp, "torn"))
     run = Path(cfg.out_dir)
     real = A.append_jsonl
@@ -151,8 +144,8 @@ def test_torn_transcript_line_then_resume_is_bit_identical(env, monkeypatch):
     assert_same_as(run, ref)
 
 
-def test_two_crashes_at_the_same_checkpoint_then_resume(env, monkeypatch):
-    tmp, ref = env
+def test_two_crashes_at_the_same_checkpoint_then_resume(reference_run, monkeypatch):
+    tmp, ref = reference_run
     cfg = M.build_config(cfg_dict(tmp, "twice"))
     real = RunDir.save_checkpoint
 
@@ -171,8 +164,8 @@ def test_two_crashes_at_the_same_checkpoint_then_resume(env, monkeypatch):
 
 
 @pytest.mark.parametrize("where", ["before_final_ledger_update", "after_final_ledger_update", "before_eval_json"])
-def test_crash_after_the_final_checkpoint_then_resume(env, monkeypatch, where):
-    tmp, ref = env
+def test_crash_after_the_final_checkpoint_then_resume(reference_run, monkeypatch, where):
+    tmp, ref = reference_run
     cfg = M.build_config(cfg_dict(tmp, f"final-{where}"))
     run = Path(cfg.out_dir)
     if where.endswith("final_ledger_update"):
@@ -207,8 +200,8 @@ def test_crash_after_the_final_checkpoint_then_resume(env, monkeypatch, where):
     assert S.load(run_id) is None and not S.private_state_path(run_id).exists()  # J can never be re-drawn
 
 
-def test_privacy_summary_matches_spent_after_a_crash(env, monkeypatch):
-    tmp, _ = env
+def test_privacy_summary_matches_spent_after_a_crash(reference_run, monkeypatch):
+    tmp, _ = reference_run
     cfg = M.build_config(cfg_dict(tmp, "summary"))
     from privtune.zo import engine as E
     real, calls = E.ZOEngine.apply_update, {"n": 0}
