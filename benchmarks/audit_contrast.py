@@ -4,11 +4,16 @@ The positive control is configs/sst2_fo_memorise.yaml (fo, LoRA on the top block
 many epochs). The same pool and canaries (task.pool_size=200, task.canaries=200, same seed, so the same examples
 and the same coin flips) then go through MeZO and each private method's shipped preset at the posterior level
 --posterior (matched per mechanism as in benchmarks/frontier.py). Every run is audited with `privtune audit`
-(loss, zlib, Min-K%, Min-K%++, ref attacks, pool vs held-out; the one-run canary audit): the table puts each run's
-best attack AUC, TPR at 1% FPR, measured posterior and canary ε lower bound beside its proven bound.
+(loss, conf, zlib, Min-K%, Min-K%++, ref attacks, pool vs held-out; the one-run canary audit): the table puts each
+run's best attack AUC, TPR at 1% FPR, measured posterior and canary ε lower bound beside its proven bound.
+
+The attacker's reference: for each run the attacker trains a shadow run, the same recipe on another pool draw
+(train.seed --shadow-seed), and the ref attack calibrates against it (`privtune audit --reference`). A shadow removes
+the fine-tuning's general gain, which a memorising run also gives the non-members it classifies well. --shadow-seed -1
+keeps the base model as the reference (no shadow runs).
 
 Usage: python benchmarks/audit_contrast.py [--only fo-memorise,mezo,paczero-zpl,...] [--posterior 0.88]
-           [--runs runs/audit_contrast] [--out benchmarks/results/audit_contrast.json]
+           [--shadow-seed 1] [--runs runs/audit_contrast] [--out benchmarks/results/audit_contrast.json]
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--only", default="fo-memorise,mezo,paczero-zpl,paczero-mi,dpzero,dpzo,dpsgd")
     ap.add_argument("--posterior", type=float, default=0.88)
+    ap.add_argument("--shadow-seed", type=int, default=1, help="train.seed of the shadow runs (-1: none)")
     ap.add_argument("--runs", default="runs/audit_contrast")
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "audit_contrast.json"))
     args = ap.parse_args()
@@ -48,14 +54,23 @@ def main():
         r = {"mechanism": name, "level": args.posterior if at else None, "seed": 0, "tag": name, "preset": preset,
              "overrides": [*same, *(at(args.posterior) if at else [])]}
         row = run_one(r, runs_dir)
+        reference, shadow_cpu = [], None
+        if args.shadow_seed >= 0:
+            shadow = run_one({**r, "tag": f"{name}-shadow", "overrides": [*r["overrides"],
+                                                                         f"train.seed={args.shadow_seed}"]}, runs_dir)
+            reference, shadow_cpu = ["--reference", shadow["run_dir"]], shadow["cpu_s"]
         t0 = time.time()
         env = {**os.environ, "OMP_NUM_THREADS": str(THREADS), "PRIVTUNE_SECRET_SEED": "1000"}
-        if not (Path(row["run_dir"]) / "audit.json").exists() or not row.get("reused"):  # a kept run keeps its audit
-            subprocess.run([sys.executable, "-m", "privtune", "audit", "-q", row["run_dir"]], env=env, check=True,
-                           stdout=subprocess.DEVNULL)
-        audit = json.loads((Path(row["run_dir"]) / "audit.json").read_text())
+        audit_path = Path(row["run_dir"]) / "audit.json"
+        want = str(Path(reference[1]).resolve()) if reference else "base model"
+        if not (row.get("reused") and audit_path.exists()
+                and json.loads(audit_path.read_text()).get("reference") == want):  # a kept run keeps its audit
+            subprocess.run([sys.executable, "-m", "privtune", "audit", "-q", row["run_dir"], *reference], env=env,
+                           check=True, stdout=subprocess.DEVNULL)
+        audit = json.loads(audit_path.read_text())
         s = audit["summary"]
-        row.update({"audit_s": round(time.time() - t0, 1), "threat_model": audit["threat_model"],
+        row.update({"audit_s": round(time.time() - t0, 1), "reference": audit["reference"],
+                    "shadow_cpu_s": shadow_cpu, "threat_model": audit["threat_model"],
                     "best_attack": s["best_attack"], "auc": s["auc"],
                     "auc_ci": audit["attacks"][s["best_attack"]].get("auc_ci"),
                     "tpr_at_0.01_fpr": s["tpr_at_0.01_fpr"], "measured_posterior": s["posterior_success"],

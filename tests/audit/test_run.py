@@ -72,7 +72,11 @@ def runs(tmp_path_factory):
     mp.setenv("PRIVTUNE_CACHE", str(base / "cache"))
     train(zpl)
     mp.undo()
-    return {"overfit": base / "overfit", "zpl": base / "zpl", "final_loss": final_loss}
+    # the attacker's shadow: the same recipe on another pool draw (train.seed), for audit --reference
+    shadow = M.build_config(tiny_cfg(base, **{"trainable.kind": "full", "train.seed": 1,
+                                                 "out_dir": str(base / "shadow")}))
+    overfit(base / "shadow", shadow)
+    return {"overfit": base / "overfit", "zpl": base / "zpl", "shadow": base / "shadow", "final_loss": final_loss}
 
 
 def test_positive_control_overfit_run_leaks(runs):
@@ -84,6 +88,37 @@ def test_positive_control_overfit_run_leaks(runs):
     assert res["attacks"]["ref"]["auc"] > 0.65
     assert res["mia_posterior_bound"] is None and not res["violation"]  # no guarantee, nothing to violate
     assert json.loads((runs["overfit"] / "audit.json").read_text())["attacks"]["loss"]["auc"] == loss["auc"]
+
+
+def test_shadow_reference_calibrates_ref_attack(runs):
+    """ref against a shadow run scores conf_trained − conf_shadow: equal to the two runs' own conf attacks'
+    difference on the same examples, and a memorising run's members still stand out."""
+    res = audit_run(runs["overfit"], attacks=("conf", "ref"), reference=runs["shadow"], **FAST)
+    assert res["reference"] == str(runs["shadow"].resolve())
+    assert res["attacks"]["ref"]["auc_ci"][0] > 0.5  # the members still stand out
+    from privtune.audit.attacks import scores
+    from privtune.audit.run import heldout_membership, training_pool, reference_state
+    from privtune.trainable import trainable_state
+
+    cfg = R.RunDir.open(runs["overfit"]).load_config()
+    setup = prepare(cfg, need_pool=False, need_eval=False)
+    members, _ = heldout_membership(setup.task, training_pool(cfg, setup.task), 0)
+    ex = [setup.task.train[i] for i in members[:8]]
+    shadow = reference_state(runs["shadow"], cfg)
+    trained = A.load_tensors(R.RunDir.open(runs["overfit"]).final_weights())
+    got = scores(setup, ex, shadow, trained, ("conf", "ref"))
+    as_shadow = scores(setup, ex, trainable_state(setup.sel), shadow, ("conf",))["conf"]
+    assert got["ref"] == pytest.approx(got["conf"] - as_shadow, abs=1e-9)
+    assert audit_run(runs["overfit"], attacks=("ref",), **FAST)["reference"] == "base model"
+
+
+def test_reference_must_be_a_shadow_of_the_run(runs, tmp_path):
+    with pytest.raises(ConfigError, match=r"^--reference: .*own pool"):
+        audit_run(runs["overfit"], attacks=("ref",), reference=runs["overfit"], **FAST)  # itself: same pool
+    with pytest.raises(ConfigError, match=r"^--reference: .*trainable"):  # the ZPL run trains another set
+        audit_run(runs["overfit"], attacks=("ref",), reference=runs["zpl"], **FAST)
+    r = CliRunner().invoke(app, ["audit", str(runs["overfit"]), "--reference", str(runs["overfit"]), "-q"])
+    assert r.exit_code == 2 and r.stderr.startswith("error: --reference:") and r.stderr.count("\n") == 1
 
 
 def test_false_guarantee_is_flagged(runs, tmp_path):

@@ -112,3 +112,21 @@ def test_prefix_cache_on_disk_is_reused_and_a_torn_file_rebuilt(tmp_path, monkey
     assert all(torch.equal(a, b) for a, b in zip(built.cache, rebuilt.cache))
     assert len(torch.load(files[0], weights_only=True)) == len(ids)  # rewritten whole
     assert fwd.encode(ids, [0] * len(ids)).cache is not None and len(list((tmp_path / "prefix").iterdir())) == 1
+
+
+def test_confidence_is_the_logit_scaled_probability_and_does_not_saturate():
+    """Forward.confidence = log p_y − log(1 − p_y): equal to it where float64 can compute it from the softmax, and still
+    ranking examples whose float32 loss is exactly 0 (what a memorising run gives its members and its confident
+    non-members alike)."""
+    _, fwd, _ = tiny()
+    z = torch.tensor([[1.0, -0.5, 0.2], [0.0, 3.0, -1.0], [-2.0, 0.5, 0.1]])
+    y = torch.tensor([0, 1, 2])
+    p = z.double().softmax(-1).gather(1, y[:, None])[:, 0]
+    assert torch.allclose(fwd.confidence(z, y), (p / (1 - p)).log(), atol=1e-12)
+    sat = torch.tensor([[30.0, 0.0], [40.0, 0.0]])  # margins 30 and 40 nats
+    label = torch.tensor([0, 0])
+    assert fwd.loss(sat, label).eq(0).all()  # the loss ties them ...
+    assert fwd.confidence(sat, label).tolist() == [30.0, 40.0]  # ... the margin does not
+    # a missing choice (−inf score, a multiple-choice item with fewer choices) is no competitor
+    mc = torch.tensor([[2.0, 1.0, float("-inf")]])
+    assert fwd.confidence(mc, torch.tensor([0])).item() == 1.0

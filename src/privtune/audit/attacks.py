@@ -7,13 +7,19 @@ and zlib compresses the answer's text (`_lm_sequences`).
 
 - loss: −(the training loss): CE over the verbalizer logits or the choices' scores, the answer's mean token NLL
   (Yeom et al., CSF 2018).
+- conf: the logit-scaled confidence of the true label, z_y − logsumexp_{j≠y} z_j over the verbalizer logits or the
+  choices' scores (Carlini et al., S&P 2022); for generation the answer's mean token log-prob. It orders examples as the
+  loss does, except where the float32 loss has saturated to exactly 0: a memorising run puts most members *and* the
+  confidently classified non-members there, and only the margin still tells them apart.
 - zlib: −(mean token NLL of the example under the full LM) / (zlib-compressed length of its text in bytes)
   (Carlini et al., USENIX Security 2021).
 - mink: Min-K% Prob, the mean log-probability of the k% least likely tokens (Shi et al., ICLR 2024).
 - minkpp: Min-K%++, the same over (log p(x_t) − μ_t)/σ_t with μ_t, σ_t the mean and std of log p(·) under the
   model's own next-token distribution (Zhang et al. 2024, arXiv 2404.02936, Eq. 3).
-- ref: reference-model calibration, the base model as reference: CE_base − CE_trained on the verbalizer logits
-  (Carlini et al. 2021 / Watson et al., ICLR 2022).
+- ref: reference-model calibration: conf_trained − conf_reference, how much more confident the trained model is than
+  the reference (Carlini et al. 2021 / Watson et al., ICLR 2022). The reference is the base model, or with
+  `privtune audit --reference` an attacker's shadow run: the same recipe trained on other data, which removes the
+  fine-tuning's general gain (Carlini et al. 2022's offline reference model, one shadow).
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ import torch.nn.functional as F
 from ..run.setup import encode_examples
 from ..zo.forward import left_pad, length_sorted_chunks, position_ids
 
-ATTACKS = ("loss", "zlib", "mink", "minkpp", "ref")
+ATTACKS = ("loss", "conf", "zlib", "mink", "minkpp", "ref")
 LM_ATTACKS = {"zlib", "mink", "minkpp"}  # need a full-vocabulary forward of every token
 K_FRACTION = 0.2  # Min-K% and Min-K%++: the 20% least likely tokens
 
@@ -69,22 +75,27 @@ def lm_scores(stats: list[dict], texts: list[str]) -> dict[str, np.ndarray]:
     }
 
 
-def scores(setup, examples, base_state: dict, trained_state: dict, attacks=ATTACKS, micro_batch: int = 16) -> dict:
+def scores(setup, examples, ref_state: dict, trained_state: dict, attacks=ATTACKS, micro_batch: int = 16) -> dict:
     """Attack scores for `examples` (privtune.data.Example) under the run's trained weights. `setup` is a
-    privtune.run.setup.Setup; its trainable parameters are left at `trained_state`."""
+    privtune.run.setup.Setup; its trainable parameters are left at `trained_state`. `ref_state`: the ref attack's
+    reference weights (the base model's, or an attacker's shadow run's)."""
     from ..trainable import load_trainable_state
 
     out: dict[str, np.ndarray] = {}
     data = encode_examples(setup, examples)
     load_trainable_state(setup.sel, trained_state)
-    ce = setup.engine.losses(data).cpu().numpy().astype(float)
+    engine = setup.engine
+    lg = engine.logits(data)
     if "loss" in attacks:
-        out["loss"] = -ce
+        out["loss"] = -engine.forward.loss(lg, data.labels).cpu().numpy().astype(float)
+    conf = engine.forward.confidence(lg, data.labels).cpu().numpy()
+    if "conf" in attacks:
+        out["conf"] = conf
     if "ref" in attacks:
-        load_trainable_state(setup.sel, base_state)
-        ce_base = setup.engine.losses(data).cpu().numpy().astype(float)
+        load_trainable_state(setup.sel, ref_state)
+        conf_ref = engine.confidences(data).cpu().numpy()
         load_trainable_state(setup.sel, trained_state)
-        out["ref"] = ce_base - ce
+        out["ref"] = conf - conf_ref
     if LM_ATTACKS & set(attacks):
         texts, seqs, n_answer = _lm_sequences(setup, examples, data)
         stats = token_stats(setup.sel.model, seqs, setup.engine.device, setup.lm.codec.pad_id, micro_batch)

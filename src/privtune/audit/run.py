@@ -13,6 +13,8 @@ Members and non-members follow the run's threat model:
   AUC of S_J against the AUCs of all M public candidate subsets (subset_rank_p_value).
 - Canaries (`task.canaries` at train time, run dir canaries.json): each was put in the pool with probability ½; the
   one-run audit (onerun.py) turns the guesses into an ε lower bound at 95% confidence.
+- The ref attack's reference is the base model, or an attacker's shadow run (`reference`, reference_state): the same
+  model, task and trainable set trained on another pool draw.
 
 A measured posterior success above the proven bound, or a TPR at 1% FPR above the proven (ε, δ) trade-off curve, or a
 canary ε above the proven ε, each beyond its confidence bound, is a violation: audit.json says so (`violation: true`)
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 
@@ -128,6 +131,31 @@ def canary_examples(record: dict, task) -> list:
                                                                                    fields)]
 
 
+# Task fields a shadow run may differ in: which and how many examples it drew, and how much of the eval set it scored.
+SHADOW_FREE = {"pool_size", "canaries", "eval_limit"}
+
+
+def reference_state(reference, cfg) -> dict:
+    """The trained weights of an attacker's shadow run (`privtune audit --reference`): the audited run's recipe (model,
+    task, trainable set) trained on other data. The ref attack then asks how much more confident the audited model is
+    than a model that did the same training without the example; the base model, the default reference, also carries
+    the fine-tuning's general gain, which hides a memorising run's members among well-classified non-members."""
+    ref = RunDir.open(reference)
+    rcfg = ref.load_config()
+    pairs = [("model.name", cfg.model.name, rcfg.model.name),
+             *((f"task.{k}", v, rcfg.task.model_dump()[k]) for k, v in cfg.task.model_dump().items()
+               if k not in SHADOW_FREE),
+             ("trainable", cfg.trainable.model_dump(), rcfg.trainable.model_dump())]
+    for field, mine, theirs in pairs:
+        if mine != theirs:
+            raise ConfigError(f"--reference: {ref.path} has another {field} ({theirs!r}, the audited run "
+                              f"{mine!r}); a shadow run repeats the audited run's model, task and trainable set")
+    if rcfg.train.seed == cfg.train.seed and rcfg.task.pool_size == cfg.task.pool_size:
+        raise ConfigError(f"--reference: {ref.path} drew the audited run's own pool (train.seed {cfg.train.seed}); a "
+                          "shadow run is trained on other data (another train.seed)")
+    return load_tensors(ref.final_weights())  # same trainable set ⇒ same tensors (load_trainable_state checks)
+
+
 def _subsample(idx: list[int], limit: int | None, rng) -> list[int]:
     if limit is None or len(idx) <= limit:
         return list(idx)
@@ -144,8 +172,9 @@ def bound_check(covered: str, threat_model: str, privacy: dict) -> tuple[float |
 
 
 def audit_run(run_dir, *, attacks=ATTACKS, limit: int | None = 500, n_boot: int = 200, seed: int = 0,
-              secret_seed: int | None = None, callback=None) -> dict:
-    """Run the attacks (and the canary audit, if the run has canaries) and write run_dir/audit.json."""
+              secret_seed: int | None = None, reference=None, callback=None) -> dict:
+    """Run the attacks (and the canary audit, if the run has canaries) and write run_dir/audit.json. `reference`: a
+    shadow run dir the ref attack calibrates against (reference_state), instead of the base model."""
     from ..privacy.bounds import tradeoff_tpr
     from ..trainable import trainable_state
 
@@ -170,7 +199,7 @@ def audit_run(run_dir, *, attacks=ATTACKS, limit: int | None = 500, n_boot: int 
         callback({"event": "status", "message": "loading the model and the task"})
     setup = prepare(cfg, need_pool=False, need_eval=False)
     pool_index = training_pool(cfg, setup.task)
-    base_state = trainable_state(setup.sel)
+    ref_state = trainable_state(setup.sel) if reference is None else reference_state(reference, cfg)
     trained_state = load_tensors(weights)
     canary_in = [bool(x) for x in canary["included"]] if canary else []
     rng = np.random.default_rng(np.random.SeedSequence([seed, 17]))
@@ -198,7 +227,7 @@ def audit_run(run_dir, *, attacks=ATTACKS, limit: int | None = 500, n_boot: int 
     if callback:
         callback({"event": "status", "message": f"scoring {len(examples) + len(canary_ex)} examples "
                                                 f"with {', '.join(attacks)}"})
-    sc = scores(setup, examples + canary_ex, base_state, trained_state, attacks,
+    sc = scores(setup, examples + canary_ex, ref_state, trained_state, attacks,
                 micro_batch=min(16, cfg.train.micro_batch))  # full-vocabulary logits: keep chunks small
     n_m, n_x = len(members), len(members) + len(nonmembers)
 
@@ -216,7 +245,9 @@ def audit_run(run_dir, *, attacks=ATTACKS, limit: int | None = 500, n_boot: int 
     result = {"run_dir": str(run.path), "method": cfg.method.name, "guarantee": guarantee, "threat_model": threat,
               "mia_posterior_bound": bound, "bound_applies": applies, "alpha": checks["alpha"],
               "n_tests": checks["n_tests"], "check_confidence": 1.0 - checks["alpha_per_test"],
-              "n_members": n_m, "n_nonmembers": n_x - n_m, "attacks": {}, "violation": False,
+              "n_members": n_m, "n_nonmembers": n_x - n_m,
+              "reference": "base model" if reference is None else str(Path(reference).resolve()),
+              "attacks": {}, "violation": False,
               "violations": list(checks["violations"])}
     if dp_eps is not None:
         result["tpr_at_0.01_fpr_bound"] = float(tradeoff_tpr(0.01, float(dp_eps), float(dp_delta or 0.0)))

@@ -14,12 +14,15 @@ from .common import Progress, run
 
 def audit(
     run_dir: Path = typer.Argument(..., help="a finished run directory"),
-    attacks: str = typer.Option("loss,zlib,mink,minkpp,ref", "--attacks", help="comma-separated attack names"),
+    attacks: str = typer.Option("loss,conf,zlib,mink,minkpp,ref", "--attacks", help="comma-separated attack names"),
     limit: Optional[int] = typer.Option(500, "--limit", help="at most N members and N non-members (0: all)"),
     bootstrap: int = typer.Option(200, "--bootstrap", help="bootstrap resamples for the confidence intervals"),
     seed: int = typer.Option(0, "--seed", help="seed of the held-out draw, subsampling and bootstrap"),
     secret_seed: Optional[int] = typer.Option(None, "--secret-seed", help="PACZero audit mode: the "
                                               "PRIVTUNE_SECRET_SEED the run was trained with (members = S_J)"),
+    reference: Optional[Path] = typer.Option(None, "--reference", help="a shadow run (the same model, task and "
+                                             "trainable set trained on other data) the ref attack calibrates "
+                                             "against, instead of the base model"),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ):
     """Membership-inference attacks (and the canary audit) on a run; writes RUN_DIR/audit.json."""
@@ -33,7 +36,7 @@ def audit(
         if limit is not None and limit < 0:
             raise PrivtuneError(f"--limit: must be >= 0, got {limit}")
         return audit_run(run_dir, attacks=names, limit=limit or None, n_boot=bootstrap, seed=seed,
-                         secret_seed=secret_seed, callback=Progress("audit", quiet))
+                         secret_seed=secret_seed, reference=reference, callback=Progress("audit", quiet))
 
     res = run(go)
     bound = res["mia_posterior_bound"]

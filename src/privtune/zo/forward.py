@@ -341,6 +341,16 @@ class Forward:
         """The per-example training loss of a chunk's outputs: cross-entropy over the label words' logits."""
         return F.cross_entropy(outputs, labels.to(outputs.device), reduction=reduction)
 
+    def confidence(self, outputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """The logit-scaled confidence of the true label, log p_y − log(1 − p_y) = z_y − logsumexp_{j≠y} z_j, float64
+        [B] (Carlini et al., S&P 2022, "first principles"). A decreasing function of the loss, but it does not
+        saturate: once the margin passes ~17 nats the float32 cross-entropy is exactly 0 for every confident example,
+        and a membership attacker reading the loss can no longer rank them."""
+        z = outputs.double()
+        y = labels.to(z.device).long()[:, None]
+        others = z.scatter(1, y, float("-inf"))
+        return z.gather(1, y)[:, 0] - others.logsumexp(1)
+
     def _generic_logits(self, data: Encoded, chunk: list[int], d, perturbation) -> torch.Tensor:
         """Any HF causal LM (no prefix cache): full forward, last position only."""
         ids, attn = self.pad(data, chunk)

@@ -229,6 +229,13 @@ class SequenceForward(Forward):
         nll = -outputs[:, 0]
         return {"none": nll, "sum": nll.sum(), "mean": nll.mean()}[reduction]
 
+    def confidence(self, outputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """multiple_choice: the true choice's logit-scaled confidence over the choices (Forward.confidence);
+        generation: the answer's mean token log-prob (a sum over the vocabulary per token has no one "other" class)."""
+        if self.task_type == "multiple_choice":
+            return super().confidence(outputs, labels)
+        return outputs[:, 0].double()
+
     # ------------------------------------------------------------------------------------------ decoding
     def generate(self, prompts: list[list[int]], callback=None) -> list[str]:
         """Greedy answers (text cut at the stop string) of the model at θ for token-id prompts (zo.decode)."""
