@@ -16,7 +16,8 @@ keeps the base model as the reference (no shadow runs).
 the attacks read the answer's tokens, and the canaries are QA canaries.
 
 Usage: python benchmarks/audit_contrast.py [--task sst2|squad] [--only fo-memorise,mezo,paczero-zpl,...]
-           [--posterior 0.88] [--shadow-seed 1] [--runs runs/audit_contrast] [--out benchmarks/results/audit_contrast.json]
+           [--posterior 0.88] [--shadow-seed 1] [--attacks loss,conf,ref] [--runs runs/audit_contrast]
+           [--out benchmarks/results/audit_contrast.json]
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ def main():
     ap.add_argument("--task", default="sst2", choices=sorted(RUNS))
     ap.add_argument("--only", default=None, help="mechanisms (default: every one the task has)")
     ap.add_argument("--posterior", type=float, default=0.88)
+    ap.add_argument("--attacks", default=None, help="privtune audit --attacks (default: all)")
     ap.add_argument("--shadow-seed", type=int, default=1, help="train.seed of the shadow runs (-1: none)")
     ap.add_argument("--runs", default=None, help="default runs/audit_contrast (sst2), runs/audit_contrast_<task>")
     ap.add_argument("--out", default=None, help="default benchmarks/results/audit_contrast[_<task>].json")
@@ -65,8 +67,7 @@ def main():
     rows = []
     for name in (args.only.split(",") if args.only else runs):
         preset, at = runs[name]
-        same = [] if name == "fo-memorise" else SAME_POOL  # the memorising config already says all of it
-        same = [*same, *EXTRA[args.task]]
+        same = [] if name == "fo-memorise" else [*SAME_POOL, *EXTRA[args.task]]  # the memorising config says it all
         if name in batch:  # the preset's batch is drawn from a 1000-example pool: scale it to this one
             same = [*same, f"method.batch_size={batch[name]}"]
         r = {"mechanism": name, "level": args.posterior if at else None, "seed": 0, "tag": name, "preset": preset,
@@ -83,8 +84,9 @@ def main():
         want = str(Path(reference[1]).resolve()) if reference else "base model"
         if not (row.get("reused") and audit_path.exists()
                 and json.loads(audit_path.read_text()).get("reference") == want):  # a kept run keeps its audit
-            subprocess.run([sys.executable, "-m", "privtune", "audit", "-q", row["run_dir"], *reference], env=env,
-                           check=True, stdout=subprocess.DEVNULL)
+            attacks = ["--attacks", args.attacks] if args.attacks else []
+            subprocess.run([sys.executable, "-m", "privtune", "audit", "-q", row["run_dir"], *reference, *attacks],
+                           env=env, check=True, stdout=subprocess.DEVNULL)
         audit = json.loads(audit_path.read_text())
         s = audit["summary"]
         row.update({"audit_s": round(time.time() - t0, 1), "reference": audit["reference"],
