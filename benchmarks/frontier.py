@@ -18,7 +18,8 @@ Usage: python benchmarks/frontier.py --task agnews|sst2|sst2-paper [--seeds 0,1,
            [key=value ...]
 Writes benchmarks/results/frontier_<task>.json: `rows` (one per mechanism and level: method, mia_posterior_bound,
 epsilon, delta, mi_nats, accuracy_mean, accuracy_std, seeds, cpu_s) that `privtune report` draws, and `runs` (every run).
-A run dir that already holds an eval.json with the same config is reused, so an interrupted sweep resumes.
+A run dir that already holds an eval.json of the same resolved config is reused (frontier.kept), so an interrupted
+sweep resumes and an edited preset reruns.
 """
 
 from __future__ import annotations
@@ -90,12 +91,26 @@ def plan(task: str, mechanisms: list[str], levels: list[float], seeds: list[int]
     return out
 
 
+def kept(out: Path, preset: Path, overrides: list[str]) -> bool:
+    """Whether `out` is a finished run of exactly the config `preset` + `overrides` resolves to (the sweep resumes).
+    The resolved configs are compared, not the command: a preset edited since the run reruns it, and a checkout moved
+    elsewhere still finds its runs."""
+    from privtune import methods as M
+    from privtune.config import apply_overrides, load_yaml
+    from privtune.run.rundir import RunDir
+
+    if not ((out / "eval.json").exists() and (out / "sweep_cpu.json").exists() and (out / "config.yaml").exists()):
+        return False
+    want = M.build_config(apply_overrides(load_yaml(preset), [*overrides, f"out_dir={out}"]))
+    return RunDir(out).load_config() == want
+
+
 def run_one(r: dict, runs: Path) -> dict:
     out = runs / r["tag"]
     cmd = [sys.executable, "-m", "privtune", "train", "-q", "--config", str(REPO / r["preset"]), *r["overrides"],
            f"out_dir={out}"]
-    stamp = out / "sweep_cmd.json"  # a finished run with the same command is kept (the sweep resumes)
-    if (out / "eval.json").exists() and stamp.exists() and json.loads(stamp.read_text()) == cmd[3:]:
+    stamp = out / "sweep_cmd.json"  # the command, for the record
+    if kept(out, REPO / r["preset"], r["overrides"]):
         res = json.loads((out / "eval.json").read_text())
         cpu = json.loads(stamp.with_name("sweep_cpu.json").read_text())["cpu_s"]
         reused = True

@@ -66,3 +66,24 @@ def test_rows_refuse_runs_that_disagree_on_zero_shot(frontier):
     assert rows[1]["accuracy_mean"] == pytest.approx(0.85) and rows[1]["seeds"] == 2
     with pytest.raises(SystemExit):
         frontier.rows_of([run, {**run, "seed": 1, "initial_accuracy": 0.6}])
+
+
+def test_a_run_is_kept_only_for_the_config_it_ran(frontier, tmp_path):
+    """The sweep resumes by the resolved config, not the command line: an edited preset reruns its runs."""
+    from privtune import config as C
+    from privtune import methods as M
+
+    preset = tmp_path / "preset.yaml"
+    preset.write_text("method: {name: mezo, lr: 0.3}\ntrain: {steps: 5}\n")
+    out = tmp_path / "runs" / "mezo_s0"
+    out.mkdir(parents=True)
+    overrides = ["train.seed=1"]
+    cfg = M.build_config(C.apply_overrides(C.load_yaml(preset), [*overrides, f"out_dir={out}"]))
+    (out / "config.yaml").write_text(C.dump(cfg))
+    (out / "eval.json").write_text("{}")
+    assert not frontier.kept(out, preset, overrides)  # unfinished: no CPU record yet
+    (out / "sweep_cpu.json").write_text('{"cpu_s": 1.0}')
+    assert frontier.kept(out, preset, overrides)
+    assert not frontier.kept(out, preset, ["train.seed=2"])
+    preset.write_text("method: {name: mezo, lr: 0.1}\ntrain: {steps: 5}\n")  # the preset changed since
+    assert not frontier.kept(out, preset, overrides)
