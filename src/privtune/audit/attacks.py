@@ -85,17 +85,17 @@ def scores(setup, examples, ref_state: dict, trained_state: dict, attacks=ATTACK
     data = encode_examples(setup, examples)
     load_trainable_state(setup.sel, trained_state)
     engine = setup.engine
+    confidence = lambda lg: engine.forward.confidence(lg, data.labels).cpu().numpy()  # noqa: E731
     lg = engine.logits(data)
     if "loss" in attacks:
         out["loss"] = -engine.forward.loss(lg, data.labels).cpu().numpy().astype(float)
-    conf = engine.forward.confidence(lg, data.labels).cpu().numpy()
     if "conf" in attacks:
-        out["conf"] = conf
+        out["conf"] = confidence(lg)
     if "ref" in attacks:
         load_trainable_state(setup.sel, ref_state)
-        conf_ref = engine.confidences(data).cpu().numpy()
+        lg_ref = engine.logits(data)
         load_trainable_state(setup.sel, trained_state)
-        out["ref"] = conf - conf_ref
+        out["ref"] = confidence(lg) - confidence(lg_ref)
     if LM_ATTACKS & set(attacks):
         texts, seqs, n_answer = _lm_sequences(setup, examples, data)
         stats = token_stats(setup.sel.model, seqs, setup.engine.device, setup.lm.codec.pad_id, micro_batch)

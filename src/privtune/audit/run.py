@@ -142,15 +142,15 @@ def reference_state(reference, cfg) -> dict:
     the fine-tuning's general gain, which hides a memorising run's members among well-classified non-members."""
     ref = RunDir.open(reference)
     rcfg = ref.load_config()
+    task, rtask = cfg.task.model_dump(), rcfg.task.model_dump()
     pairs = [("model.name", cfg.model.name, rcfg.model.name),
-             *((f"task.{k}", v, rcfg.task.model_dump()[k]) for k, v in cfg.task.model_dump().items()
-               if k not in SHADOW_FREE),
+             *((f"task.{k}", v, rtask[k]) for k, v in task.items() if k not in SHADOW_FREE),
              ("trainable", cfg.trainable.model_dump(), rcfg.trainable.model_dump())]
     for field, mine, theirs in pairs:
         if mine != theirs:
             raise ConfigError(f"--reference: {ref.path} has another {field} ({theirs!r}, the audited run "
                               f"{mine!r}); a shadow run repeats the audited run's model, task and trainable set")
-    if rcfg.train.seed == cfg.train.seed and rcfg.task.pool_size == cfg.task.pool_size:
+    if rcfg.train.seed == cfg.train.seed:  # the pool is drawn from train.seed: the same seed, the same examples
         raise ConfigError(f"--reference: {ref.path} drew the audited run's own pool (train.seed {cfg.train.seed}); a "
                           "shadow run is trained on other data (another train.seed)")
     return load_tensors(ref.final_weights())  # same trainable set ⇒ same tensors (load_trainable_state checks)
@@ -197,9 +197,10 @@ def audit_run(run_dir, *, attacks=ATTACKS, limit: int | None = 500, n_boot: int 
 
     if callback:
         callback({"event": "status", "message": "loading the model and the task"})
+    shadow_state = None if reference is None else reference_state(reference, cfg)  # a bad shadow fails before loading
     setup = prepare(cfg, need_pool=False, need_eval=False)
     pool_index = training_pool(cfg, setup.task)
-    ref_state = trainable_state(setup.sel) if reference is None else reference_state(reference, cfg)
+    ref_state = trainable_state(setup.sel) if shadow_state is None else shadow_state
     trained_state = load_tensors(weights)
     canary_in = [bool(x) for x in canary["included"]] if canary else []
     rng = np.random.default_rng(np.random.SeedSequence([seed, 17]))

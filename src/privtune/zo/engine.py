@@ -154,12 +154,6 @@ class ZOEngine:
         idx = list(range(len(data))) if idx is None else [int(i) for i in idx]
         return self.forward.loss(lg, data.labels[idx])
 
-    def confidences(self, data: Encoded, idx=None) -> torch.Tensor:
-        """Per-example logit-scaled confidence of the true label at θ, float64 [B] (Forward.confidence)."""
-        lg = self.logits(data, idx)
-        idx = list(range(len(data))) if idx is None else [int(i) for i in idx]
-        return self.forward.confidence(lg, data.labels[idx])
-
     def pair_losses(self, data: Encoded, idx, seed: int, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-example losses at θ+εz and θ−εz (float64): one batched pass over the whole batch, both signs sharing
         each block's z."""
