@@ -51,6 +51,8 @@ def test_design_puts_each_example_in_exactly_half_the_subsets():
     assert np.array_equal(member, P.balanced_design(100, 16, seed=3))
     assert not np.array_equal(member, P.balanced_design(100, 16, seed=4))
     assert abs(member.mean() - 0.5) < 1e-12  # membership prior ½ for every example
+    halves = P.balanced_design(100, 2, seed=3)  # M = 2 (the shipped presets): two complementary subsets
+    assert (halves.sum(axis=1) == 1).all() and np.array_equal(halves[:, 0], ~halves[:, 1])
 
 
 def test_union_subset_means_equal_naive_per_subset():
@@ -61,10 +63,12 @@ def test_union_subset_means_equal_naive_per_subset():
     assert np.allclose(P.subset_means(g, member), naive, atol=1e-12)
 
 
-def test_zpl_release_distribution_identical_for_every_secret_index_exact():
+# M = 2 is the shipped presets' (configs/sst2_paczero_*.yaml); its scalars' seed gives both unanimous and split steps
+@pytest.mark.parametrize("m, seed", [(2, 1), (4, 0)])
+def test_zpl_release_distribution_identical_for_every_secret_index_exact(m, seed):
     """PACZero's I = 0 claim as an exact enumeration: for every J the law of the whole release sequence is the same."""
-    n, m, T = 8, 4, 5
-    fn = history_scalars(n)
+    n, T = 8, 5
+    fn = history_scalars(n, seed)
     laws, saw_unanimous, saw_split = [], False, False
     for j in range(m):
         law = {}
@@ -110,8 +114,9 @@ def test_enumeration_detects_a_leaky_mechanism():
     assert any(law != laws[0] for law in laws)
 
 
-def test_mi_each_step_realised_mi_at_most_charged_and_total_within_budget(monkeypatch):
-    n, m, T, B = 16, 8, 30, 0.33
+@pytest.mark.parametrize("m", [2, 8])  # 2: the shipped presets' M
+def test_mi_each_step_realised_mi_at_most_charged_and_total_within_budget(monkeypatch, m):
+    n, T, B = 16, 30, 0.33
     seen = []
     real = pac.calibrate_sigma
 
