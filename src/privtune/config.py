@@ -189,6 +189,8 @@ def parse_value(text: str, key: str = "override") -> Any:
 def apply_overrides(data: dict, overrides: list[str]) -> dict:
     for item in overrides:
         if "=" not in item:
+            if item.endswith((".yaml", ".yml")):  # `privtune train configs/x.yaml`: the file needs -c
+                raise ConfigError(f"{item}: a config file is given with -c/--config (privtune train -c {item})")
             raise ConfigError(f"{item}: overrides must look like key.sub=value")
         key, _, raw = item.partition("=")
         parts = [p for p in key.strip().split(".") if p]

@@ -57,6 +57,12 @@ def test_train_without_config_or_overrides_is_refused(tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []  # the default out_dir (runs/run) was not started
 
 
+def test_a_config_file_given_as_an_override_is_told_to_use_c(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    one_error(invoke("train", "configs/tiny_mezo.yaml"), "configs/tiny_mezo.yaml", "-c/--config")
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_overrides_with_resume_are_refused(tmp_path):
     r = invoke("train", "--resume", f"out_dir={tmp_path / 'run'}", "method.lr=0.1", "train.steps=3")
     one_error(r, "--resume", "method.lr, train.steps", "config.yaml")
