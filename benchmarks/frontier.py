@@ -171,6 +171,23 @@ def rows_of(runs: list[dict]) -> list[dict]:
     return rows
 
 
+def merged(old: dict, new: dict, runs: list[dict]) -> tuple[dict, list[dict]]:
+    """An earlier sweep's result with this sweep's runs in place of the runs they redo (same mechanism, level and
+    seed; in place, so the rows keep their order), new runs after them. Levels and seeds are the unions, and
+    `commands` lists every sweep's command in order (the earlier file's `commands`, or its `command`)."""
+    if old.get("task") != new["task"]:
+        raise SystemExit(f"--merge: the existing file is task {old.get('task')!r}, not {new['task']!r}")
+    key = lambda r: (r["mechanism"], r["level"], r["seed"])  # noqa: E731
+    redo = {key(r): r for r in runs}
+    before = {key(r) for r in old["runs"]}
+    both = [redo.get(key(r), r) for r in old["runs"]] + [r for r in runs if key(r) not in before]
+    out = {**new, "commands": [*old.get("commands", [old["command"]]), new["command"]],
+           "levels": sorted(set(old.get("levels", [])) | set(new["levels"])),
+           "seeds": sorted(set(old.get("seeds", [])) | set(new["seeds"])),
+           "wall_s": round(old.get("wall_s", 0.0) + new["wall_s"], 1)}
+    return out, both
+
+
 def run_all(todo: list[dict], runs: Path, jobs: int, group=lambda r: r["seed"]) -> list[dict]:
     """Run `todo` with `jobs` at once. The first run of each group (runs sharing a training pool, so its cached
     hidden states) goes alone first, so that parallel runs find the cache instead of all computing it."""
@@ -191,6 +208,9 @@ def main():
     ap.add_argument("--jobs", type=int, default=1, help="runs at once (each a privtune process)")
     ap.add_argument("--runs", default=None, help="run dirs (default runs/frontier_<task>)")
     ap.add_argument("--out", default=None, help="default benchmarks/results/frontier_<task>.json")
+    ap.add_argument("--merge", action="store_true",
+                    help="keep the runs of an existing --out file that this sweep does not redo (same mechanism, "
+                         "level and seed are replaced) and recompute its rows; its commands are kept in `commands`")
     ap.add_argument("overrides", nargs="*", help="key=value applied to every run (after the task's)")
     args = ap.parse_args()
     mechanisms = args.only.split(",")
@@ -203,12 +223,15 @@ def main():
     runs_dir.mkdir(parents=True, exist_ok=True)
     todo = plan(args.task, mechanisms, levels, seeds, args.overrides)
     t0 = time.time()
-    runs = run_all(todo, runs_dir, args.jobs)
-    result = {"benchmark": "frontier", "task": args.task, "model": "SmolLM2-135M-Instruct",
-              "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]), "delta": DELTA, "threads_per_run": THREADS, "levels": levels,
-              "seeds": seeds, "wall_s": round(time.time() - t0, 1),
-              "cpu_s_total": round(sum(r["cpu_s"] for r in runs), 1), "rows": rows_of(runs), "runs": runs}
     out = Path(args.out or REPO / "benchmarks" / "results" / f"frontier_{args.task}.json")
+    runs = run_all(todo, runs_dir, args.jobs)
+    command = " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])
+    result = {"benchmark": "frontier", "task": args.task, "model": "SmolLM2-135M-Instruct", "command": command,
+              "delta": DELTA, "threads_per_run": THREADS, "levels": levels, "seeds": seeds,
+              "wall_s": round(time.time() - t0, 1)}
+    if args.merge and out.exists():
+        result, runs = merged(json.loads(out.read_text()), result, runs)
+    result.update({"cpu_s_total": round(sum(r["cpu_s"] for r in runs), 1), "rows": rows_of(runs), "runs": runs})
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {out}: {len(runs)} runs, {result['cpu_s_total'] / 60:.1f} CPU-minutes", file=sys.stderr)

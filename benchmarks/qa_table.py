@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -47,9 +48,20 @@ def plan(task: str, mechanisms: list[str], seeds: list[int], extra: list[str]) -
     return out
 
 
+def ci95(mean: float, n: int) -> float:
+    """A conservative 95% half-width for a mean over n eval questions of a score in [0, 1] (accuracy, F1, exact
+    match): such a score's variance is at most μ(1 − μ), with equality for a 0/1 score, so 1.96·√(μ(1 − μ)/n) bounds
+    the normal interval without the per-question scores (the runs keep only their means)."""
+    return 1.96 * math.sqrt(max(mean * (1.0 - mean), 0.0) / n)
+
+
 def rows(runs: list[dict]) -> list[dict]:
-    """frontier.rows_of, plus for a generation task the mean exact match beside the F1 (`accuracy_mean`)."""
+    """frontier.rows_of, plus each row's conservative 95% interval over the eval questions (`ci95`, see ci95), and
+    for a generation task the mean exact match beside the F1 (`accuracy_mean`)."""
     out = frontier.rows_of(runs)
+    n = runs[0]["eval_examples"] if runs else 0
+    for row in out:
+        row["ci95"] = ci95(row["accuracy_mean"], n) if n else None
     if runs and runs[0]["metric"] == "f1":
         for row in out:
             if row["method"] == "zero-shot":

@@ -13,6 +13,7 @@ The other methods follow MeZO's change: DPZero keeps its classification ratio to
 sign step (lr per released sign) and DP-LoRA's Adam are scale-free in the loss and keep their classification values.
 
 Usage: python benchmarks/tune_qa.py --task squad|arc_easy [--grid 0.01,0.03,0.1] [--steps 100] [--val 128]
+           [--config FILE (default configs/<task>_mezo.yaml)]
 Writes benchmarks/results/tune_qa_<task>.json.
 """
 
@@ -46,9 +47,10 @@ def main():
     ap.add_argument("--every", type=int, default=50)
     ap.add_argument("--val", type=int, default=128)
     ap.add_argument("--out", default=None)
+    ap.add_argument("--config", default=None, help="the MeZO config to tune (default configs/<task>_mezo.yaml)")
     args = ap.parse_args()
     torch.set_num_threads(1)
-    data = load_yaml(REPO / "configs" / f"{args.task}_mezo.yaml")
+    data = load_yaml(args.config or REPO / "configs" / f"{args.task}_mezo.yaml")
     cfg = M.build_config(data)
     setup = prepare(cfg, need_eval=False)
     rest = sorted(set(range(len(setup.task.train))) - set(setup.pool_index))
@@ -83,8 +85,9 @@ def main():
     out = Path(args.out or REPO / "benchmarks" / "results" / f"tune_qa_{args.task}.json")
     out.write_text(json.dumps({
         "benchmark": "tune_qa", "task": args.task, "command": " ".join(["tune_qa.py", *sys.argv[1:]]),
-        "model": cfg.model.name, "trainable": cfg.trainable.kind, "pool_size": cfg.task.pool_size,
-        "batch_size": cfg.method.batch_size, "eps": cfg.method.eps, "steps": args.steps,
+        "model": cfg.model.name, "trainable": cfg.trainable.model_dump(), "pool_size": cfg.task.pool_size,
+        "batch_size": cfg.method.batch_size, "eps": cfg.method.eps, "lr_schedule": cfg.method.lr_schedule,
+        "steps": args.steps,
         "validation": {"examples": args.val, "from": "train split, outside the pool", "seed": VAL_SEED},
         "zero_shot": zero, "curves": curves, "chosen_lr": float(best), "wall_s": round(time.time() - t0, 1),
     }, indent=2) + "\n")

@@ -85,6 +85,8 @@ MEANINGS = {
     "method.epsilon": "target ε for the whole run: σ is calibrated by dp_accounting for exactly train.steps (give "
                       "this or noise_multiplier)",
     "method.noise_multiplier": "σ given directly; ε is computed (give this or epsilon)",
+    "method.lr_epsilon": "the ε the lr was tuned at: at a smaller epsilon the step is lr·epsilon/lr_epsilon (more "
+                         "noise, smaller steps); null: lr at every ε",
     "method.accountant": "dp_accounting accountant that relates σ, the sampling rate and the steps to ε: rdp | pld",
     "method.dpzo.accountant": "dp_accounting accountant that relates σ, the sampling rate and the steps to ε: rdp | "
                               "pld (sub-sampled Laplace is accounted with pld only)",

@@ -87,3 +87,23 @@ def test_a_run_is_kept_only_for_the_config_it_ran(frontier, tmp_path):
     assert not frontier.kept(out, preset, ["train.seed=2"])
     preset.write_text("method: {name: mezo, lr: 0.1}\ntrain: {steps: 5}\n")  # the preset changed since
     assert not frontier.kept(out, preset, overrides)
+
+
+def test_merge_replaces_the_redone_runs_in_place_and_keeps_the_rest(frontier):
+    def run(m, p, s, acc):
+        return {"mechanism": m, "level": p, "seed": s, "accuracy": acc}
+
+    old = {"task": "agnews", "command": "frontier.py --task agnews", "levels": [0.6, 0.88], "seeds": [0, 1],
+           "wall_s": 10.0, "runs": [run("mezo", None, 0, 0.8), run("dpzero", 0.6, 0, 0.5), run("dpzero", 0.6, 1, 0.6),
+                                    run("dpsgd", 0.6, 0, 0.7)]}
+    new = {"task": "agnews", "command": "frontier.py --task agnews --only dpzero --merge", "levels": [0.55, 0.6],
+           "seeds": [0], "wall_s": 5.0}
+    out, runs = frontier.merged(old, new, [run("dpzero", 0.6, 0, 0.65), run("dpzero", 0.55, 0, 0.55)])
+    assert runs == [run("mezo", None, 0, 0.8), run("dpzero", 0.6, 0, 0.65), run("dpzero", 0.6, 1, 0.6),
+                    run("dpsgd", 0.6, 0, 0.7), run("dpzero", 0.55, 0, 0.55)]
+    assert out["commands"] == [old["command"], new["command"]] and out["command"] == new["command"]
+    assert out["levels"] == [0.55, 0.6, 0.88] and out["seeds"] == [0, 1] and out["wall_s"] == 15.0
+    again, _ = frontier.merged({**out, "runs": runs}, {**new, "command": "third"}, [])
+    assert again["commands"] == [old["command"], new["command"], "third"]
+    with pytest.raises(SystemExit, match="task 'agnews', not 'sst2'"):
+        frontier.merged(old, {**new, "task": "sst2"}, [])

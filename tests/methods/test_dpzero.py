@@ -128,6 +128,8 @@ BAD = {
     "both_budgets": ({"epsilon": 2.0, "noise_multiplier": 1.0}, "method.epsilon"),
     "unknown_accountant": ({"accountant": "prv"}, "method.accountant"),
     "unknown_sampling": ({"sampling": "shuffle"}, "method.sampling"),
+    "lr_epsilon_without_epsilon": ({"lr_epsilon": 2.0}, "method.lr_epsilon"),
+    "lr_epsilon_zero": ({"noise_multiplier": None, "epsilon": 1.0, "lr_epsilon": 0.0}, "method.lr_epsilon"),
 }
 
 
@@ -137,6 +139,33 @@ def test_bad_config_names_the_field(name):
     with pytest.raises(ConfigError) as e:
         method_cfg(**over)
     assert str(e.value).startswith(field + ":"), str(e.value)
+
+
+@pytest.mark.parametrize("name", ["dpzero", "dpzo"])
+def test_lr_epsilon_scales_the_step_down_with_epsilon_never_up(name):
+    def lr(epsilon, **kw):
+        cfg = M.build_config({"method": {"name": name, "epsilon": epsilon, "lr": 0.6, **kw}}).method
+        return [cfg.lr_at(t, 100) for t in (0, 50)]
+
+    assert lr(0.5) == lr(2.0) == [0.6, 0.6]  # unset: the same lr at every ε
+    assert lr(2.0, lr_epsilon=2.0) == [0.6, 0.6]
+    assert lr(0.5, lr_epsilon=2.0) == pytest.approx([0.15, 0.15])
+    assert lr(8.0, lr_epsilon=2.0) == [0.6, 0.6]  # a looser budget keeps the tuned step
+    assert lr(0.5, lr_epsilon=2.0, lr_schedule="linear") == pytest.approx([0.15, 0.075])  # times the schedule
+
+
+def test_lr_epsilon_steps_are_what_the_transcript_records_and_the_noise_is_unchanged(tmp_path, make_cfg):
+    """The scaled step is applied and recorded (replay reads it from the transcript); σ and ε do not depend on it."""
+    small = {"train.steps": 3, "task.pool_size": 32, "task.eval_limit": 8, "method.batch_size": 8,
+             "method.name": "dpzero", "method.epsilon": 2.0}
+    runs = {}
+    for tag, extra in (("plain", {}), ("scaled", {"method.lr_epsilon": 8.0})):
+        train(make_cfg(**small, **extra, out_dir=str(tmp_path / tag)))
+        lines = [json.loads(x) for x in (tmp_path / tag / "transcript.jsonl").read_text().splitlines()]
+        runs[tag] = ([x["lr"] for x in lines], json.loads((tmp_path / tag / "privacy.json").read_text()))
+    (plain, led_p), (scaled, led_s) = runs["plain"], runs["scaled"]
+    assert len(plain) == 3 and scaled == pytest.approx([lr / 4 for lr in plain])
+    assert led_p["epsilon"] == led_s["epsilon"] and led_p["noise_multiplier"] == led_s["noise_multiplier"]
 
 
 def test_unsupported_accountant_sampling_combination_names_the_field():

@@ -62,6 +62,23 @@ class DPCfg(MethodCfg):
 
 class Config(ZOCfg, BatchCfg, DPCfg):
     name: Literal["dpzero"] = "dpzero"
+    # The ε the step size was tuned at. At a smaller method.epsilon the step is lr·ε/lr_epsilon: the noise on each
+    # released scalar grows as ε shrinks, and a step tuned at ε = 2 then random-walks away from the signal
+    # (benchmarks/results/tune_presets_low_eps.json: the best lr fell with ε). Never scaled up above lr_epsilon.
+    lr_epsilon: PosFloat | None = None
+
+    @model_validator(mode="after")
+    def _lr_epsilon_needs_epsilon(self):
+        if self.lr_epsilon is not None and self.epsilon is None:
+            raise ValueError("method.lr_epsilon: scales the step with method.epsilon, so it needs method.epsilon "
+                             "(not method.noise_multiplier)")
+        return self
+
+    def lr_at(self, t: int, steps: int) -> float:
+        """StepCfg's schedule, times min(1, ε / lr_epsilon) when lr_epsilon is set (post-processing: no privacy
+        cost)."""
+        lr = super().lr_at(t, steps)
+        return lr * min(1.0, self.epsilon / self.lr_epsilon) if self.lr_epsilon is not None else lr
 
 
 # Fields of privtune.privacy.dp's error messages → the config keys they come from.

@@ -1,0 +1,43 @@
+"""benchmarks/qa_table.py's interval over the eval questions is conservative: it is never narrower than the true
+normal interval of a mean of scores in [0, 1] (0/1 accuracy or token F1), whatever their spread."""
+
+import importlib.util
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
+
+
+@pytest.fixture(scope="module")
+def qa_table():
+    sys.path.insert(0, str(BENCH))
+    try:
+        spec = importlib.util.spec_from_file_location("qa_table", BENCH / "qa_table.py")
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        yield mod
+    finally:
+        sys.path.remove(str(BENCH))
+
+
+def test_ci95_is_exact_for_0_1_scores_and_wider_for_any_other_scores_in_0_1(qa_table):
+    rng = np.random.default_rng(0)
+    hits = (rng.random(1000) < 0.3).astype(float)  # accuracy: the bound is the binomial normal interval itself
+    assert qa_table.ci95(hits.mean(), 1000) == pytest.approx(1.96 * hits.std() / math.sqrt(1000))
+    for draw in (rng.random(1000), rng.beta(0.3, 2.0, 1000), np.clip(rng.normal(0.2, 0.1, 1000), 0, 1)):  # F1-like
+        assert qa_table.ci95(draw.mean(), 1000) >= 1.96 * draw.std() / math.sqrt(1000)
+    assert qa_table.ci95(0.0, 50) == 0.0 and qa_table.ci95(1.0, 50) == 0.0
+
+
+def test_rows_carry_the_interval_of_their_mean(qa_table):
+    runs = [{"mechanism": "mezo", "level": None, "seed": s, "metric": "accuracy", "accuracy": a,
+             "initial_accuracy": 0.5, "eval_examples": 400, "cpu_s": 1.0, "guarantee": "none", "epsilon": None,
+             "delta": None, "mi_nats": None, "mia_posterior_bound": None, "unanimity_rate": None}
+            for s, a in enumerate((0.6, 0.62))]
+    rows = {r["method"]: r for r in qa_table.rows(runs)}
+    assert rows["zero-shot"]["ci95"] == pytest.approx(1.96 * math.sqrt(0.25 / 400))
+    assert rows["mezo"]["ci95"] == pytest.approx(1.96 * math.sqrt(0.61 * 0.39 / 400))
