@@ -2,27 +2,13 @@
 run gets must bound the attacker at or below the level it is drawn at (a frontier point placed left of its true
 bound would flatter the mechanism)."""
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import pytest
 
 from privtune.privacy.bounds import eps_to_posterior, mi_to_posterior
 
-BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
-
-
-@pytest.fixture(scope="module")
-def frontier():
-    sys.path.insert(0, str(BENCH))
-    try:
-        spec = importlib.util.spec_from_file_location("frontier", BENCH / "frontier.py")
-        mod = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(mod)
-        yield mod
-    finally:
-        sys.path.remove(str(BENCH))
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _value(overrides: list[str], key: str) -> float:
@@ -49,7 +35,7 @@ def test_matched_levels_never_exceed_the_posterior(frontier, level):
 
 def test_every_preset_exists_and_the_plan_covers_each_level_and_seed(frontier):
     for preset, _ in frontier.PRESETS.values():
-        assert (BENCH.parent / preset).is_file(), preset
+        assert (REPO / preset).is_file(), preset
     todo = frontier.plan("agnews", list(frontier.PRESETS), [0.6, 0.88], [0, 1], [])
     one_level = sum(at is None for _, at in frontier.PRESETS.values())
     assert len(todo) == 2 * (one_level + 2 * (len(frontier.PRESETS) - one_level))

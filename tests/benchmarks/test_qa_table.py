@@ -1,27 +1,10 @@
 """benchmarks/qa_table.py's interval over the eval questions is conservative: it is never narrower than the true
 normal interval of a mean of scores in [0, 1] (0/1 accuracy or token F1), whatever their spread."""
 
-import importlib.util
 import math
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
-
-BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
-
-
-@pytest.fixture(scope="module")
-def qa_table():
-    sys.path.insert(0, str(BENCH))
-    try:
-        spec = importlib.util.spec_from_file_location("qa_table", BENCH / "qa_table.py")
-        mod = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(mod)
-        yield mod
-    finally:
-        sys.path.remove(str(BENCH))
 
 
 def test_ci95_is_exact_for_0_1_scores_and_wider_for_any_other_scores_in_0_1(qa_table):
