@@ -95,8 +95,8 @@ def test_audit_token_stats_of_a_padded_batch_equal_one_at_a_time():
     batched = token_stats(lm.model, ids, "cpu", lm.codec.pad_id, micro_batch=4)
     for j in (0, 2, 6):
         alone = token_stats(lm.model, [ids[j]], "cpu", lm.codec.pad_id)[0]
-        for k in ("logp", "mu", "sigma"):
-            assert np.allclose(batched[j][k], alone[k], atol=1e-5)
+        for k in ("logp", "mu", "sigma"):  # float32 sums over the vocabulary, blocked differently when padded
+            assert np.allclose(batched[j][k], alone[k], rtol=1e-3, atol=1e-5)
 
 
 def test_prefix_cache_on_disk_is_reused_and_a_torn_file_rebuilt(tmp_path, monkeypatch):
