@@ -1,10 +1,10 @@
 """Matched budgets: exact values pinned with mpmath, rounding never in PACZero's favour, every shipped claim checked."""
 
-import importlib.util
 import re
 from pathlib import Path
 
 import pytest
+from conftest import load_bench
 
 from privtune import methods as M
 from privtune.errors import ConfigError
@@ -85,9 +85,7 @@ def test_every_mi_named_in_a_config_is_a_rounded_down_match(path):
 
 
 def test_benchmark_budgets_are_the_matches():
-    spec = importlib.util.spec_from_file_location("privacy_table_sst2", REPO / "benchmarks" / "privacy_table_sst2.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_bench("privacy_table_sst2")
     assert bench.DELTA == M.load_config(REPO / "configs" / "sst2_dpzero.yaml").method.delta
     for name, eps in [("mi_e2", 2.0), ("mi_e6", 6.0)]:
         path, overrides = bench.METHODS[name]
