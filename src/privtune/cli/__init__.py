@@ -11,7 +11,7 @@ import logging
 import typer
 
 from .. import __version__
-from . import audit, config, offsite, privacy, train
+from . import audit, config, offsite, privacy, train, tune
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Private post-training of language models.")
 
@@ -33,6 +33,7 @@ app.add_typer(privacy.app, name="privacy")
 app.add_typer(offsite.app, name="offsite")
 train.register(app)  # train, eval, export, replay, forget
 audit.register(app)  # audit, report
+tune.register(app)  # tune
 
 
 def main():

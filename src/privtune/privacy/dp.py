@@ -101,6 +101,29 @@ def _sampled(base: dp_accounting.DpEvent, steps: int, rate: float, sampling: str
     return dp_accounting.SelfComposedDpEvent(event=step, count=steps)
 
 
+_BASE = {"gaussian": dp_accounting.GaussianDpEvent, "laplace": dp_accounting.LaplaceDpEvent}
+
+
+def _event(mechanism: str, accountant: str, sampling: str, noise: float, steps: int, rate: float,
+           dataset_size: int | None) -> dp_accounting.DpEvent:
+    """`steps` releases of the (sub-sampled) mechanism with noise noise·C, as `accountant` expects it."""
+    return _sampled(_BASE[mechanism](noise_multiplier=_noise_for(accountant, sampling, noise)), steps, rate, sampling,
+                    dataset_size)
+
+
+def run_event(mechanism: str, noise: float, steps: int, sampling_rate: float, sampling: str = "poisson",
+              dataset_size: int | None = None) -> dp_accounting.DpEvent:
+    """The DpEvent of a whole run for the RDP accountant (what gaussian_epsilon / laplace_epsilon account with
+    accountant="rdp"), for accounting that builds on it: privacy.selection (privtune tune)."""
+    if mechanism not in _BASE:
+        raise ConfigError(f"mechanism: must be 'gaussian' or 'laplace', got {mechanism!r}")
+    noise = _number("noise", noise)
+    if not (noise > 0.0 and math.isfinite(noise)):
+        raise ConfigError(f"noise: must be finite and > 0, got {noise}")
+    steps, rate, _ = _check_common(steps, sampling_rate, 0.5, "rdp", sampling)
+    return _event(mechanism, "rdp", sampling, noise, steps, rate, dataset_size)
+
+
 def _make_accountant(accountant: str, sampling: str):
     relation = _NeighborRel.ADD_OR_REMOVE_ONE if sampling == "poisson" else _NeighborRel.REPLACE_ONE
 
@@ -137,8 +160,7 @@ def gaussian_epsilon(sigma: float, steps: int, sampling_rate: float, delta: floa
         raise ConfigError(f"sigma: must be finite and > 0, got {sigma}")
     steps, rate, delta = _check_common(steps, sampling_rate, delta, accountant, sampling)
     fresh = _make_accountant(accountant, sampling)
-    event = _sampled(dp_accounting.GaussianDpEvent(noise_multiplier=_noise_for(accountant, sampling, sigma)),
-                     steps, rate, sampling, dataset_size)
+    event = _event("gaussian", accountant, sampling, sigma, steps, rate, dataset_size)
     _require_support(fresh, event, accountant, sampling, rate, "Gaussian")
     # ε(δ) of the composed sub-sampled Gaussian (Mironov 2017 RDP / Koskela et al. 2020 PLD, via dp_accounting)
     return _epsilon(fresh, event, delta)
@@ -187,8 +209,7 @@ def gaussian_sigma_for_epsilon(epsilon: float, delta: float, steps: int, samplin
     fresh = _make_accountant(accountant, sampling)
 
     def make_event(s: float):
-        return _sampled(dp_accounting.GaussianDpEvent(noise_multiplier=_noise_for(accountant, sampling, s)),
-                        steps, rate, sampling, dataset_size)
+        return _event("gaussian", accountant, sampling, s, steps, rate, dataset_size)
 
     _require_support(fresh, make_event(1.0), accountant, sampling, rate, "Gaussian")
     guess = 1.0
@@ -210,8 +231,7 @@ def laplace_epsilon(scale: float, steps: int, sampling_rate: float, delta: float
         raise ConfigError(f"scale: must be finite and > 0, got {scale}")
     steps, rate, delta = _check_common(steps, sampling_rate, delta, accountant, sampling)
     fresh = _make_accountant(accountant, sampling)
-    event = _sampled(dp_accounting.LaplaceDpEvent(noise_multiplier=_noise_for(accountant, sampling, scale)),
-                     steps, rate, sampling, dataset_size)
+    event = _event("laplace", accountant, sampling, scale, steps, rate, dataset_size)
     _require_support(fresh, event, accountant, sampling, rate, "Laplace")
     # ε(δ) of the composed (sub-sampled) Laplace mechanism (Koskela et al. 2020 PLD, via dp_accounting)
     return _epsilon(fresh, event, delta)
@@ -226,8 +246,7 @@ def laplace_scale_for_epsilon(epsilon: float, delta: float, steps: int, sampling
     fresh = _make_accountant(accountant, sampling)
 
     def make_event(b: float):
-        return _sampled(dp_accounting.LaplaceDpEvent(noise_multiplier=_noise_for(accountant, sampling, b)),
-                        steps, rate, sampling, dataset_size)
+        return _event("laplace", accountant, sampling, b, steps, rate, dataset_size)
 
     _require_support(fresh, make_event(1.0), accountant, sampling, rate, "Laplace")
     return _calibrate(fresh, make_event, epsilon, delta, tol)
@@ -253,8 +272,7 @@ def epsilon_spent_curve(mechanism: str, noise: float, steps: int, sampling_rate:
         raise ConfigError(f"noise: must be finite and > 0, got {noise}")
     total, rate, delta = _check_common(steps, sampling_rate, delta, accountant, sampling)
     fresh = _make_accountant(accountant, sampling)
-    base = (dp_accounting.GaussianDpEvent if mechanism == "gaussian" else dp_accounting.LaplaceDpEvent)(
-        noise_multiplier=_noise_for(accountant, sampling, noise))
+    base = _BASE[mechanism](noise_multiplier=_noise_for(accountant, sampling, noise))
     _require_support(fresh, _sampled(base, total, rate, sampling, dataset_size), accountant, sampling, rate,
                      mechanism.capitalize())
     cache: dict[int, float] = {0: 0.0}
