@@ -28,6 +28,24 @@ def tiny_cfg(tmp_path, **over) -> dict:
     return d
 
 
+def tune_files(tmp_path, steps: int = 3, eval_limit: int = 20, n_val: int = 200) -> tuple[Path, Path, Path]:
+    """For privtune tune: a tiny DPZero config file, a validation file of the last `n_val` rows of SST-2's train
+    split, and the config's out_dir."""
+    import yaml
+
+    from privtune.paths import data_dir
+
+    cfg = tiny_cfg(tmp_path, **{"method": {"name": "dpzero", "epsilon": 2.0, "lr": 1e-3, "eps": 1e-3,
+                                           "batch_size": 16},
+                                "train.steps": steps, "task.eval_limit": eval_limit, "train.checkpoint_every": 100})
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    rows = (data_dir() / "sst2" / "train.tsv").read_text(encoding="utf-8").splitlines()
+    val = tmp_path / "val.tsv"
+    val.write_text("\n".join([rows[0], *rows[-n_val:]]) + "\n", encoding="utf-8")
+    return path, val, Path(cfg["out_dir"])
+
+
 def data_error(fn, path: Path, *args, **kwargs) -> str:
     """Call fn, expect a one-line DataError naming `path` and quoting no row text; return the message."""
     with pytest.raises(DataError) as info:

@@ -2,36 +2,22 @@
 what the runs recorded, no other run or secret left behind, and refusals before any run starts."""
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
 
-from conftest import tiny_cfg
+from conftest import tiny_cfg, tune_files
 from privtune.errors import ConfigError, PrivtuneError
 from privtune.privacy import dp, selection as S
 from privtune.run import tune as T
 from privtune.run.forget import forget_run
 from privtune.run.rundir import RunDir
 
-DATA = Path(__file__).resolve().parents[1]
-
 
 @pytest.fixture
 def setup(tmp_path):
-    """A tiny DPZero config file and a 200-row validation file cut from SST-2's train split."""
-    cfg = tiny_cfg(tmp_path, **{"method": {"name": "dpzero", "epsilon": 2.0, "lr": 1e-3, "eps": 1e-3,
-                                           "batch_size": 16},
-                                "train.steps": 3, "task.eval_limit": 20, "train.checkpoint_every": 100})
-    path = tmp_path / "cfg.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    from privtune.paths import data_dir
-
-    rows = (data_dir() / "sst2" / "train.tsv").read_text(encoding="utf-8").splitlines()
-    val = tmp_path / "val.tsv"
-    val.write_text("\n".join([rows[0], *rows[-200:]]) + "\n", encoding="utf-8")
-    return path, val, Path(cfg["out_dir"])
+    return tune_files(tmp_path)
 
 
 def test_tune_releases_one_run_with_the_selections_guarantee(setup):

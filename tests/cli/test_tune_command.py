@@ -3,12 +3,10 @@ line with exit 2 and nothing written."""
 
 import json
 
-import yaml
 from typer.testing import CliRunner
 
-from conftest import tiny_cfg
+from conftest import tune_files
 from privtune.cli import app
-from privtune.paths import data_dir
 
 
 def invoke(*args):
@@ -16,15 +14,7 @@ def invoke(*args):
 
 
 def _files(tmp_path):
-    cfg = tiny_cfg(tmp_path, **{"method": {"name": "dpzero", "epsilon": 2.0, "lr": 1e-3, "eps": 1e-3,
-                                           "batch_size": 16},
-                                "train.steps": 2, "task.eval_limit": 10, "train.checkpoint_every": 100})
-    path = tmp_path / "cfg.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    rows = (data_dir() / "sst2" / "train.tsv").read_text(encoding="utf-8").splitlines()
-    val = tmp_path / "val.tsv"
-    val.write_text("\n".join([rows[0], *rows[-100:]]) + "\n", encoding="utf-8")
-    return path, val, tmp_path / "run"
+    return tune_files(tmp_path, steps=2, eval_limit=10, n_val=100)
 
 
 def test_tune_prints_the_record_and_a_summary(tmp_path):
