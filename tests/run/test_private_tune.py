@@ -55,6 +55,7 @@ def test_without_a_target_the_runs_keep_their_budget_and_the_selection_is_report
 @pytest.mark.parametrize("args,field", [
     ((["method.lr=1e-3,2e-3"],), None),
     ((["train.steps=3,4"],), "--grid train.steps"),
+    ((["method.lr=1e-3,2e-3", "train.steps=3,4"],), "--grid train.steps"),  # the key that changes it is named
     ((["method.batch_size=8,16"],), "--grid method.batch_size"),
     ((["out_dir=a,b"],), "--grid out_dir"),
     ((["method.epsilon=1,2"],), "--grid method.epsilon"),

@@ -103,11 +103,11 @@ def _recorded(privacy: dict) -> tuple[tuple, float]:
 
 
 def _validation_size(cfg, val: Path) -> int:
-    task = _on_file(cfg.model_dump(mode="json")["task"], val, None)
+    """How many examples `val` holds, read as the run's task reads an eval file (privtune eval --data)."""
     from .setup import build_task
 
     data = cfg.model_dump(mode="json")
-    data["task"] = task
+    data["task"] = _on_file(data["task"], val, None)
     return len(build_task(build_config(data)).eval)
 
 
@@ -139,9 +139,10 @@ def plan(config: str | Path | None, overrides: list[str], grid: dict[str, list[s
         cfg = load_config(config, [*overrides, *pinned, *(f"{k}={v}" for k, v in cand.items())])
         accs[tuple(cand.items())] = _accounting(cfg)
     first = next(iter(accs.values()))
-    for key in keys:  # the first key whose values change the event
+    for key in keys:  # a key whose values alone change the event (the grid is a product: if any does, one key does)
+        seen: dict[tuple, tuple] = {}
         for cand, acc in accs.items():
-            if acc != first:
+            if seen.setdefault(tuple(kv for kv in cand if kv[0] != key), acc) != acc:
                 raise ConfigError(f"--grid {key}: changes a run's privacy accounting (ε, steps, batch, pool, "
                                   "sampling or δ); tune keys that leave it alone, e.g. method.lr")
     if callback is not None:
