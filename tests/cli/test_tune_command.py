@@ -38,3 +38,15 @@ def test_refusals_are_one_line_and_write_nothing(tmp_path):
         err = r.stderr.strip()
         assert r.exit_code == 2 and len(err.splitlines()) == 1 and err.startswith("error: " + words), err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cfg.yaml", "val.tsv"] and not out.exists()
+
+
+def test_an_interrupt_says_nothing_was_released(tmp_path, monkeypatch):
+    from privtune.run import tune as T
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(T, "tune", interrupted)
+    path, val, _ = _files(tmp_path)
+    r = invoke("tune", "-c", path, "--val", val, "--grid", "method.lr=1e-3,2e-3")
+    assert r.exit_code == 130 and "nothing was released" in r.stderr and "--resume" not in r.stderr

@@ -8,7 +8,7 @@ from typing import List, Optional
 
 import typer
 
-from .common import Progress, run
+from .common import Progress, fail, run
 from .train import OVERRIDES_HELP
 
 
@@ -40,8 +40,11 @@ def tune(
     from ..run.tune import parse_grid, tune as run_tune
 
     def go():
-        return run_tune(config, list(overrides or []), parse_grid(grid), val, epsilon=epsilon, runs=runs,
-                        shape=shape, score_std=score_std, callback=Progress("tune", quiet))
+        try:
+            return run_tune(config, list(overrides or []), parse_grid(grid), val, epsilon=epsilon, runs=runs,
+                            shape=shape, score_std=score_std, callback=Progress("tune", quiet))
+        except KeyboardInterrupt:  # a tune cannot be resumed (common.run would suggest --resume)
+            fail("interrupted: the tune's runs and their keys were deleted and nothing was released", 130)
 
     record = run(go)
     typer.echo(json.dumps(record))
