@@ -2,6 +2,7 @@
 what the runs recorded, no other run or secret left behind, and refusals before any run starts."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -118,3 +119,19 @@ def test_a_failure_mid_tune_leaves_no_run_and_no_secret(setup, monkeypatch):
                rng=np.random.default_rng(0))
     assert len(seen) == 1 and not out.exists()
     assert sorted(p.name for p in out.parent.iterdir()) == ["cfg.yaml", "val.tsv"]
+
+
+@pytest.mark.parametrize("config,over", [("configs/tiny_dpsgd_lora.yaml", []),
+                                         ("configs/tiny_dpzo.yaml", ["method.mechanism=gaussian"]),
+                                         ("configs/tiny_dpzo.yaml", ["method.mechanism=laplace"])])
+def test_every_dp_method_plans_or_is_refused_by_name(setup, config, over):
+    _, val, _ = setup
+    repo = Path(__file__).resolve().parents[2]
+    out = [f"out_dir={val.parent / 'x'}", *over]
+    grid = T.parse_grid(["method.lr=1e-3,2e-3"])
+    if "method.mechanism=laplace" in over:  # sub-sampled Laplace: no RDP rule for the selection
+        with pytest.raises(ConfigError, match="^method.mechanism: tune accounts runs with RDP"):
+            T.plan(repo / config, out, grid, val, 4.0, 3.0, 1.0, 0.1)
+        return
+    p = T.plan(repo / config, out, grid, val, 4.0, 3.0, 1.0, 0.1)
+    assert p["epsilon"] <= 4.0 and 0 < p["run_epsilon"] < 4.0

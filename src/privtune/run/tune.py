@@ -72,7 +72,7 @@ def _accounting(cfg) -> tuple:
     pool size, δ). DPZero's _accounting with the pool size from the config (data.draw_pool draws exactly it)."""
     m = cfg.method
     mechanism = getattr(m, "mechanism", "gaussian")
-    k = getattr(m, "directions", 1) if m.name != "dpsgd" else 1
+    k = getattr(m, "directions", 1)  # DP-SGD has none: one release per step
     per_step = math.sqrt(k) if mechanism == "gaussian" else float(k)
     n = cfg.task.pool_size
     return (mechanism, per_step, cfg.train.steps, m.batch_size / n, m.sampling, n, m.delta)
@@ -145,6 +145,9 @@ def plan(config: str | Path | None, overrides: list[str], grid: dict[str, list[s
             if seen.setdefault(tuple(kv for kv in cand if kv[0] != key), acc) != acc:
                 raise ConfigError(f"--grid {key}: changes a run's privacy accounting (ε, steps, batch, pool, "
                                   "sampling or δ); tune keys that leave it alone, e.g. method.lr")
+    if first[0] == "laplace" and first[3] < 1.0:
+        raise ConfigError("method.mechanism: tune accounts runs with RDP, which has no rule for sub-sampled Laplace "
+                          "noise; use gaussian, or method.batch_size = task.pool_size")
     if callback is not None:
         callback({"event": "status", "message": f"tune: reading the validation file {val}"})
     n_val = _validation_size(base, val)
