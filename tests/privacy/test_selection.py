@@ -48,7 +48,7 @@ def test_the_draw_follows_the_accounted_distribution(shape):
 def test_run_event_is_what_gaussian_epsilon_accounts():
     for sampling in ("poisson", "fixed"):
         ev = dp.run_event("gaussian", 1.3, 200, 0.05, sampling, 1000)
-        acc = RdpAccountant(neighboring_relation=S.relation(sampling)).compose(ev)
+        acc = RdpAccountant(neighboring_relation=dp.relation(sampling)).compose(ev)
         assert acc.get_epsilon(1e-5) == dp.gaussian_epsilon(1.3, 200, 0.05, 1e-5, "rdp", sampling, 1000)
 
 
@@ -118,4 +118,4 @@ def test_refusals_name_the_field():
     laplace = dp.run_event("laplace", 1.0, 10, 0.1, "poisson", 100)  # sub-sampled Laplace: no RDP rule
     with pytest.raises(ConfigError, match="^method:"):
         S.selection_epsilon(S.repetition_event(laplace, 5.0), 3.0, 1.0, 1e-5, "poisson")
-    assert NeighboringRelation.REPLACE_ONE == S.relation("fixed")
+    assert NeighboringRelation.REPLACE_ONE == dp.relation("fixed")

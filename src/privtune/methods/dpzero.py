@@ -167,7 +167,7 @@ class DPZero(Method):
         """(per_step, the accountant's arguments): the accountant sees noise / per_step (see _calibrate) for
         `total_steps` releases at rate B/N. Shared by the calibration and epsilon_spent, so the two never diverge."""
         cfg = self.cfg
-        per_step = math.sqrt(self.directions) if self.mechanism == "gaussian" else float(self.directions)
+        per_step = dp.release_factor(self.mechanism, self.directions)
         return per_step, dict(steps=self.total_steps, sampling_rate=self.rate, delta=cfg.delta,
                               accountant=cfg.accountant, sampling=cfg.sampling, dataset_size=self.n)
 

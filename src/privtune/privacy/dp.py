@@ -120,17 +120,31 @@ def run_event(mechanism: str, noise: float, steps: int, sampling_rate: float, sa
     noise = _number("noise", noise)
     if not (noise > 0.0 and math.isfinite(noise)):
         raise ConfigError(f"noise: must be finite and > 0, got {noise}")
-    steps, rate, _ = _check_common(steps, sampling_rate, 0.5, "rdp", sampling)
+    steps, rate, _ = _check_common(steps, sampling_rate, 0.5, "rdp", sampling)  # an event has no δ (0.5: any valid)
     return _event(mechanism, "rdp", sampling, noise, steps, rate, dataset_size)
 
 
+def relation(sampling: str) -> dp_accounting.NeighboringRelation:
+    """The neighbouring relation a run's `sampling` implies (module docstring): poisson add/remove-one, fixed
+    replace-one."""
+    if sampling not in SAMPLINGS:
+        raise ConfigError(f"sampling: must be one of {SAMPLINGS}, got {sampling!r}")
+    return _NeighborRel.ADD_OR_REMOVE_ONE if sampling == "poisson" else _NeighborRel.REPLACE_ONE
+
+
+def release_factor(mechanism: str, directions: int) -> float:
+    """K scalars released per step on one batch are one K-dim mechanism of L2 sensitivity √K·C (Gaussian) or L1
+    sensitivity K·C (Laplace): the accountant sees the per-scalar noise divided by this factor."""
+    return math.sqrt(directions) if mechanism == "gaussian" else float(directions)
+
+
 def _make_accountant(accountant: str, sampling: str):
-    relation = _NeighborRel.ADD_OR_REMOVE_ONE if sampling == "poisson" else _NeighborRel.REPLACE_ONE
+    rel = relation(sampling)
 
     def fresh():
         if accountant == "rdp":
-            return rdp_privacy_accountant.RdpAccountant(neighboring_relation=relation)
-        return pld_privacy_accountant.PLDAccountant(neighboring_relation=relation,
+            return rdp_privacy_accountant.RdpAccountant(neighboring_relation=rel)
+        return pld_privacy_accountant.PLDAccountant(neighboring_relation=rel,
                                                     value_discretization_interval=PLD_DISCRETIZATION)
 
     return fresh

@@ -33,9 +33,6 @@ from privtune.errors import ConfigError
 from privtune.privacy import dp
 from privtune.privacy._checks import number as _number
 
-_NeighborRel = dp_accounting.NeighboringRelation
-
-
 def _check_shape(shape) -> float:
     shape = _number("shape", shape)
     if not (0.0 <= shape < math.inf):
@@ -96,13 +93,6 @@ def draw_runs(rng: np.random.Generator, gamma: float, shape: float) -> int:
             return k
 
 
-def relation(sampling: str) -> dp_accounting.NeighboringRelation:
-    """The neighbouring relation of a run's `sampling` (privacy.dp): poisson add/remove-one, fixed replace-one."""
-    if sampling not in dp.SAMPLINGS:
-        raise ConfigError(f"sampling: must be one of {dp.SAMPLINGS}, got {sampling!r}")
-    return _NeighborRel.ADD_OR_REMOVE_ONE if sampling == "poisson" else _NeighborRel.REPLACE_ONE
-
-
 def repetition_event(run_event: dp_accounting.DpEvent, score_noise: float) -> dp_accounting.DpEvent:
     """One repetition: its training run's event (privacy.dp.run_event) composed with the Gaussian noisy score.
     `score_noise` is the score noise std over the sensitivity of the summed score (1: per-example scores in [0, 1],
@@ -120,7 +110,7 @@ def selection_epsilon(event: dp_accounting.DpEvent, mean: float, shape: float, d
     delta = _number("delta", delta)
     if not 0.0 < delta < 1.0:
         raise ConfigError(f"delta: must be in (0, 1), got {delta}")
-    accountant = rdp_privacy_accountant.RdpAccountant(neighboring_relation=relation(sampling))
+    accountant = rdp_privacy_accountant.RdpAccountant(neighboring_relation=dp.relation(sampling))
     selected = dp_event.RepeatAndSelectDpEvent(event=event, mean=mean, shape=shape)
     if not accountant.supports(selected):
         raise ConfigError("method: the RDP accountant has no rule for this run's mechanism and sampling, so its "

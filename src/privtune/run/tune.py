@@ -26,6 +26,7 @@ import math
 import secrets
 import shutil
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -40,6 +41,7 @@ from ..zo.sums import headline
 from .evaluate import _on_file, evaluate_run
 from .forget import forget_run
 from .ledger import Ledger
+from .loop import train
 from .rundir import RunDir
 
 TUNE = "tune.json"
@@ -67,38 +69,46 @@ def parse_grid(items: list[str]) -> dict[str, list[str]]:
     return grid
 
 
-def _accounting(cfg) -> tuple:
-    """What a run's privacy event depends on, besides its ε: (mechanism, per-step factor, steps, rate, sampling,
-    pool size, δ). DPZero's _accounting with the pool size from the config (data.draw_pool draws exactly it)."""
+class Accounting(NamedTuple):
+    """What a run's privacy event depends on, besides its noise: the arguments of DPZero._accounting."""
+    mechanism: str
+    per_step: float  # privacy.dp.release_factor: the accountant sees the noise divided by it
+    steps: int
+    rate: float
+    sampling: str
+    pool_size: int
+    delta: float
+
+
+def _accounting(cfg) -> Accounting:
+    """A config's Accounting, the pool size from the config (data.draw_pool draws exactly it)."""
     m = cfg.method
     mechanism = getattr(m, "mechanism", "gaussian")
     k = getattr(m, "directions", 1)  # DP-SGD has none: one release per step
-    per_step = math.sqrt(k) if mechanism == "gaussian" else float(k)
     n = cfg.task.pool_size
-    return (mechanism, per_step, cfg.train.steps, m.batch_size / n, m.sampling, n, m.delta)
+    return Accounting(mechanism, dp.release_factor(mechanism, k), cfg.train.steps, m.batch_size / n, m.sampling, n,
+                      m.delta)
 
 
-def _noise_for(acc: tuple, epsilon: float) -> float:
+def _noise_for(acc: Accounting, epsilon: float) -> float:
     """The accountant's noise parameter (noise / per-step factor) a run calibrated to `epsilon` gets: the same call
     the method's own calibration makes (methods.dpzero.DPZero._calibrate), with the RDP accountant."""
-    mechanism, _, steps, rate, sampling, n, delta = acc
-    calibrate = dp.gaussian_sigma_for_epsilon if mechanism == "gaussian" else dp.laplace_scale_for_epsilon
-    return calibrate(epsilon, delta, steps, rate, "rdp", sampling, n)
+    calibrate = dp.gaussian_sigma_for_epsilon if acc.mechanism == "gaussian" else dp.laplace_scale_for_epsilon
+    return calibrate(epsilon, acc.delta, acc.steps, acc.rate, "rdp", acc.sampling, acc.pool_size)
 
 
-def _selection_epsilon(acc: tuple, noise: float, score_noise: float, mean: float, shape: float) -> float:
-    mechanism, _, steps, rate, sampling, n, delta = acc
-    event = selection.repetition_event(dp.run_event(mechanism, noise, steps, rate, sampling, n), score_noise)
-    return selection.selection_epsilon(event, mean, shape, delta, sampling)
+def _selection_epsilon(acc: Accounting, noise: float, score_noise: float, mean: float, shape: float) -> float:
+    run = dp.run_event(acc.mechanism, noise, acc.steps, acc.rate, acc.sampling, acc.pool_size)
+    return selection.selection_epsilon(selection.repetition_event(run, score_noise), mean, shape, acc.delta,
+                                       acc.sampling)
 
 
-def _recorded(privacy: dict) -> tuple[tuple, float]:
-    """(accounting tuple, accountant noise) from a finished run's privacy.json: what it actually ran with."""
+def _recorded(privacy: dict) -> tuple[Accounting, float]:
+    """(Accounting, accountant noise) from a finished run's privacy.json: what it actually ran with."""
     mechanism = privacy["mechanism"]
-    k = int(privacy.get("directions", 1))
-    per_step = math.sqrt(k) if mechanism == "gaussian" else float(k)
-    acc = (mechanism, per_step, int(privacy["steps_total"]), float(privacy["sampling_rate"]), privacy["sampling"],
-           int(privacy["pool_size"]), float(privacy["delta"]))
+    per_step = dp.release_factor(mechanism, int(privacy.get("directions", 1)))
+    acc = Accounting(mechanism, per_step, int(privacy["steps_total"]), float(privacy["sampling_rate"]),
+                     privacy["sampling"], int(privacy["pool_size"]), float(privacy["delta"]))
     return acc, float(privacy["noise_multiplier"]) / per_step
 
 
@@ -123,10 +133,10 @@ def plan(config: str | Path | None, overrides: list[str], grid: dict[str, list[s
     val = Path(val)
     if not val.is_file():
         raise ConfigError(f"--val: {val}: no such file (the private validation examples, in the task's format)")
-    for name, value, ok in (("--runs", runs, 1.0 <= runs < math.inf), ("--shape", shape, 0.0 <= shape < math.inf),
-                            ("--score-std", score_std, 0.0 < score_std < math.inf)):
+    for name, value, ok, need in (("--runs", runs, 1.0 <= runs < math.inf, "finite and >= 1"),
+                                  ("--shape", shape, 0.0 <= shape < math.inf, "finite and >= 0"),
+                                  ("--score-std", score_std, 0.0 < score_std < math.inf, "finite and > 0")):
         if not ok:
-            need = {"--runs": "finite and >= 1", "--shape": "finite and >= 0", "--score-std": "finite and > 0"}[name]
             raise ConfigError(f"{name}: must be {need}, got {value}")
     if epsilon is not None and not (0.0 < epsilon < math.inf):
         raise ConfigError(f"--epsilon: must be finite and > 0, got {epsilon}")
@@ -145,7 +155,7 @@ def plan(config: str | Path | None, overrides: list[str], grid: dict[str, list[s
             if seen.setdefault(tuple(kv for kv in cand if kv[0] != key), acc) != acc:
                 raise ConfigError(f"--grid {key}: changes a run's privacy accounting (ε, steps, batch, pool, "
                                   "sampling or δ); tune keys that leave it alone, e.g. method.lr")
-    if first[0] == "laplace" and first[3] < 1.0:
+    if first.mechanism == "laplace" and first.rate < 1.0:
         raise ConfigError("method.mechanism: tune accounts runs with RDP, which has no rule for sub-sampled Laplace "
                           "noise; use gaussian, or method.batch_size = task.pool_size")
     if callback is not None:
@@ -167,7 +177,7 @@ def plan(config: str | Path | None, overrides: list[str], grid: dict[str, list[s
             m = base.method
             run_eps = m.epsilon
             noise = (_noise_for(first, m.epsilon) if m.epsilon is not None
-                     else float(m.noise_multiplier) / first[1])
+                     else float(m.noise_multiplier) / first.per_step)
             if noise == 0.0:
                 raise ConfigError("method.noise_multiplier: 0 claims no guarantee, so there is nothing to tune "
                                   "privately")
@@ -200,8 +210,6 @@ def tune(config: str | Path | None, overrides: list[str], grid: dict[str, list[s
                                        f"out_dir={folder}"])
             if callback is not None:
                 callback({"event": "status", "message": "tune: training a candidate"})
-            from .loop import train
-
             train(cfg, callback=callback)
             _check_recorded(folder, p)
             forget_run(folder)  # its secret key and private state: no repetition is ever resumed
@@ -223,7 +231,8 @@ def tune(config: str | Path | None, overrides: list[str], grid: dict[str, list[s
 
 def _check_recorded(folder: Path, p: dict) -> None:
     """The run used exactly the accounting planned (a guard: the selection's ε was computed from the plan)."""
-    privacy = RunDir(folder).read_record(RunDir(folder).privacy) or {}
+    run = RunDir(folder)
+    privacy = run.read_record(run.privacy) or {}
     acc, noise = _recorded(privacy)
     if acc != p["accounting"] or not noise >= p["noise"] * (1 - 1e-12):
         raise PrivtuneError(f"{folder}: the run's privacy.json ({acc}, noise {noise}) differs from the tune's plan "
@@ -231,7 +240,7 @@ def _check_recorded(folder: Path, p: dict) -> None:
 
 
 def _record(p: dict, cand: dict, metric: str, noisy: float) -> dict:
-    delta = p["accounting"][-1]
+    delta = p["accounting"].delta
     return {
         "method": p["base"].method.name, "guarantee": "dp", "epsilon": p["epsilon"], "delta": delta,
         "mia_posterior_bound": eps_to_posterior(p["epsilon"], delta), "epsilon_target": p["target"],
