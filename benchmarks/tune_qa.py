@@ -8,12 +8,17 @@ per task (SQuAD, ARC-Easy), with the preset's pool (256 train questions, train.s
 other train questions (a seeded sample; SQuAD dev and ARC test are never read):
   MeZO runs --steps steps at each lr of --grid (in process, the preset's batch and ε), and the validation loss (the
   training objective, teacher-forced: answer NLL / CE over the choices; plus accuracy for multiple choice) is read
-  every --every steps. The chosen lr has the lowest final validation loss; ties go to the smaller lr.
+  every --every steps. The chosen lr has the lowest final validation loss (--criterion loss), or the highest final
+  validation metric (--criterion metric: greedy F1 for generation, accuracy for multiple choice; a teacher-forced
+  answer NLL can fall while free-running decoding breaks); ties go to the smaller lr.
 The other methods follow MeZO's change: DPZero keeps its classification ratio to MeZO (lr 2× MeZO's), PACZero's
 sign step (lr per released sign) and DP-LoRA's Adam are scale-free in the loss and keep their classification values.
+--config tunes another ZO method's preset the same way (e.g. configs/squad_paczero_zpl.yaml: its sign step); this is
+a sweep on public data outside the pool, so it spends no privacy, and a method that needs a secret key gets a fixed
+throwaway one (TUNE_KEY), never a run's.
 
 Usage: python benchmarks/tune_qa.py --task squad|arc_easy [--grid 0.01,0.03,0.1] [--steps 100] [--val 128]
-           [--config FILE (default configs/<task>_mezo.yaml)]
+           [--criterion loss|metric] [--config FILE (default configs/<task>_mezo.yaml)]
 Writes benchmarks/results/tune_qa_<task>.json.
 """
 
@@ -30,13 +35,25 @@ import torch
 
 from privtune import methods as M
 from privtune.config import load_yaml
-from privtune.methods.mezo import Mezo
+from privtune.methods.base import method_class
+from privtune.run.keystore import SecretKey
 from privtune.run.setup import encode_examples, prepare
 from privtune.trainable import load_trainable_state, trainable_state
 from privtune.zo.sums import score
 
 REPO = Path(__file__).resolve().parents[1]
 VAL_SEED = 20261202
+TUNE_KEY = 20261203  # the throwaway secret of a tuned method that needs one (PACZero's J): public, like the data
+
+
+def chosen_lr(curves: dict[str, list[dict]], criterion: str, metric: str) -> str:
+    """The lr (a key of `curves`) whose last point has the lowest val_loss (criterion "loss") or the highest `metric`
+    (criterion "metric"); values equal to 4 decimals tie, and a tie goes to the smaller lr."""
+    if criterion == "loss":
+        final = {lr: c[-1]["val_loss"] for lr, c in curves.items()}
+    else:  # the metric, negated: the lowest value still wins
+        final = {lr: -c[-1][metric] for lr, c in curves.items()}
+    return min(final, key=lambda lr: (round(final[lr], 4), float(lr)))
 
 
 def main():
@@ -47,7 +64,9 @@ def main():
     ap.add_argument("--every", type=int, default=50)
     ap.add_argument("--val", type=int, default=128)
     ap.add_argument("--out", default=None)
-    ap.add_argument("--config", default=None, help="the MeZO config to tune (default configs/<task>_mezo.yaml)")
+    ap.add_argument("--criterion", choices=["loss", "metric"], default="loss",
+                    help="choose the lr by the final validation loss, or by its greedy F1 / accuracy")
+    ap.add_argument("--config", default=None, help="the ZO config to tune (default configs/<task>_mezo.yaml)")
     args = ap.parse_args()
     torch.set_num_threads(1)
     data = load_yaml(args.config or REPO / "configs" / f"{args.task}_mezo.yaml")
@@ -55,7 +74,8 @@ def main():
     setup = prepare(cfg, need_eval=False)
     rest = sorted(set(range(len(setup.task.train))) - set(setup.pool_index))
     val_idx = sorted(np.random.default_rng(VAL_SEED).choice(rest, size=args.val, replace=False).tolist())
-    valset = encode_examples(setup, [setup.task.train[i] for i in val_idx])
+    gen = setup.task.type == "generation"
+    valset = encode_examples(setup, [setup.task.train[i] for i in val_idx])  # packed, with its prompts to decode
     mc = setup.task.type == "multiple_choice"
     base = trainable_state(setup.sel)
 
@@ -63,6 +83,8 @@ def main():
         row = {"val_loss": float(setup.engine.losses(valset).double().mean())}
         if mc:
             row["val_accuracy"] = score(setup.engine, valset)["accuracy"]
+        elif gen and args.criterion == "metric":
+            row["val_f1"] = score(setup.engine, valset)["f1"]
         return row
 
     t0 = time.time()
@@ -71,7 +93,9 @@ def main():
     print(json.dumps({"lr": 0.0, "step": 0, **zero}), flush=True)
     for lr in [float(x) for x in args.grid.split(",")]:
         load_trainable_state(setup.sel, base)
-        method = Mezo(cfg.method.model_copy(update={"lr": lr}), setup.engine, setup.pool, cfg.train.seed, args.steps)
+        cls = method_class(cfg.method.name)
+        method = cls(cfg.method.model_copy(update={"lr": lr}), setup.engine, setup.pool, cfg.train.seed, args.steps,
+                     secret=SecretKey(TUNE_KEY) if cls.needs_secret else None)
         curve = []
         for t in range(args.steps):
             rel = method.step(t)
@@ -80,14 +104,15 @@ def main():
                 curve.append({"step": t + 1, **measure()})
                 print(json.dumps({"lr": lr, **curve[-1]}), flush=True)
         curves[str(lr)] = curve
-    final = {lr: c[-1]["val_loss"] for lr, c in curves.items()}
-    best = min(final, key=lambda lr: (round(final[lr], 4), float(lr)))
+    best = chosen_lr(curves, args.criterion, "val_accuracy" if mc else "val_f1")
     out = Path(args.out or REPO / "benchmarks" / "results" / f"tune_qa_{args.task}.json")
     out.write_text(json.dumps({
         "benchmark": "tune_qa", "task": args.task, "command": " ".join(["tune_qa.py", *sys.argv[1:]]),
-        "model": cfg.model.name, "trainable": cfg.trainable.model_dump(), "pool_size": cfg.task.pool_size,
-        "batch_size": cfg.method.batch_size, "eps": cfg.method.eps, "lr_schedule": cfg.method.lr_schedule,
-        "steps": args.steps,
+        "model": cfg.model.name, "method": cfg.method.model_dump(exclude={"lr"}),
+        "trainable": cfg.trainable.model_dump(), "pool_size": cfg.task.pool_size,
+        "batch_size": getattr(cfg.method, "batch_size", None), "eps": cfg.method.eps,
+        "lr_schedule": cfg.method.lr_schedule,
+        "steps": args.steps, "criterion": args.criterion,
         "validation": {"examples": args.val, "from": "train split, outside the pool", "seed": VAL_SEED},
         "zero_shot": zero, "curves": curves, "chosen_lr": float(best), "wall_s": round(time.time() - t0, 1),
     }, indent=2) + "\n")

@@ -149,3 +149,8 @@ def frontier():
 @pytest.fixture(scope="module")
 def qa_table():
     return load_bench("qa_table")
+
+
+@pytest.fixture(scope="module")
+def tune_qa():
+    return load_bench("tune_qa")

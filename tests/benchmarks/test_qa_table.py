@@ -24,3 +24,13 @@ def test_rows_carry_the_interval_of_their_mean(qa_table):
     rows = {r["method"]: r for r in qa_table.rows(runs)}
     assert rows["zero-shot"]["ci95"] == pytest.approx(1.96 * math.sqrt(0.25 / 400))
     assert rows["mezo"]["ci95"] == pytest.approx(1.96 * math.sqrt(0.61 * 0.39 / 400))
+
+
+def test_only_the_first_run_of_a_table_evaluates_zero_shot_and_every_run_keeps_its_seed(qa_table):
+    for task in qa_table.TASKS:
+        todo = qa_table.plan(task, ["mezo", "dpzero"], [0, 1], ["task.eval_limit=10"])
+        skips = ["train.initial_eval=false" in r["overrides"] for r in todo]
+        assert skips == [False, True, True, True]
+        assert [r["overrides"][0] for r in todo] == ["train.seed=0", "train.seed=1"] * 2
+        assert all(r["overrides"][-1] == "task.eval_limit=10" for r in todo)
+        assert todo[0]["preset"] == f"configs/{task}_mezo.yaml"
