@@ -74,9 +74,8 @@ def main():
     setup = prepare(cfg, need_eval=False)
     rest = sorted(set(range(len(setup.task.train))) - set(setup.pool_index))
     val_idx = sorted(np.random.default_rng(VAL_SEED).choice(rest, size=args.val, replace=False).tolist())
-    gen = setup.task.type == "generation"
     valset = encode_examples(setup, [setup.task.train[i] for i in val_idx])  # packed, with its prompts to decode
-    mc = setup.task.type == "multiple_choice"
+    mc, gen = setup.task.type == "multiple_choice", setup.task.type == "generation"
     base = trainable_state(setup.sel)
 
     def measure() -> dict:
@@ -91,9 +90,9 @@ def main():
     curves = {}
     zero = measure()
     print(json.dumps({"lr": 0.0, "step": 0, **zero}), flush=True)
+    cls = method_class(cfg.method.name)
     for lr in [float(x) for x in args.grid.split(",")]:
         load_trainable_state(setup.sel, base)
-        cls = method_class(cfg.method.name)
         method = cls(cfg.method.model_copy(update={"lr": lr}), setup.engine, setup.pool, cfg.train.seed, args.steps,
                      secret=SecretKey(TUNE_KEY) if cls.needs_secret else None)
         curve = []

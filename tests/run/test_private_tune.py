@@ -15,6 +15,8 @@ from privtune.run import tune as T
 from privtune.run.forget import forget_run
 from privtune.run.rundir import RunDir
 
+REPO = Path(__file__).resolve().parents[2]
+
 
 @pytest.fixture
 def setup(tmp_path):
@@ -126,12 +128,11 @@ def test_a_failure_mid_tune_leaves_no_run_and_no_secret(setup, monkeypatch):
                                          ("configs/tiny_dpzo.yaml", ["method.mechanism=laplace"])])
 def test_every_dp_method_plans_or_is_refused_by_name(setup, config, over):
     _, val, _ = setup
-    repo = Path(__file__).resolve().parents[2]
     out = [f"out_dir={val.parent / 'x'}", *over]
     grid = T.parse_grid(["method.lr=1e-3,2e-3"])
     if "method.mechanism=laplace" in over:  # sub-sampled Laplace: no RDP rule for the selection
         with pytest.raises(ConfigError, match="^method.mechanism: tune accounts runs with RDP"):
-            T.plan(repo / config, out, grid, val, 4.0, 3.0, 1.0, 0.1)
+            T.plan(REPO / config, out, grid, val, 4.0, 3.0, 1.0, 0.1)
         return
-    p = T.plan(repo / config, out, grid, val, 4.0, 3.0, 1.0, 0.1)
+    p = T.plan(REPO / config, out, grid, val, 4.0, 3.0, 1.0, 0.1)
     assert p["epsilon"] <= 4.0 and 0 < p["run_epsilon"] < 4.0
