@@ -130,12 +130,24 @@ def test_eval_base_model_on_a_users_file_with_named_labels(tmp_path):
     assert res["total"] == 3 and res["task"] == "custom" and res["verbalizer"] == [" billing", " bug"]
 
 
+def test_eval_base_model_multiple_choice_score(tmp_path):
+    """--choice-score sets a multiple-choice task's scoring for a zero-shot eval, and says which it used."""
+    for flag, want in (([], "sum"), (["--choice-score", "mean"], "mean")):
+        r = invoke("eval", "--model", "tiny", "--task", "arc_easy", "--limit", "4", *flag)
+        assert r.exit_code == 0, r.stderr
+        res = json.loads(r.stdout)
+        assert res["choice_score"] == want and res["type"] == "multiple_choice" and res["total"] == 4
+
+
 def test_eval_bad_flags_are_one_line_errors(finished, tmp_path):
     mine = _user_file(tmp_path)
     one_error(invoke("eval", finished, "--data", mine, "--split", "dev"), "--split")
     one_error(invoke("eval", finished, "--template", "x {text}"), "--template", "RUN_DIR")
     one_error(invoke("eval", "--model", "tiny", "--data", mine), "--template")
     one_error(invoke("eval", finished, "--data", tmp_path / "missing.tsv"), "missing.tsv")
+    one_error(invoke("eval", finished, "--choice-score", "mean"), "--choice-score", "RUN_DIR")
+    one_error(invoke("eval", "--model", "tiny", "--limit", "4", "--choice-score", "mean"), "--choice-score")
+    one_error(invoke("eval", "--model", "tiny", "--task", "arc_easy", "--choice-score", "median"), "choice_score")
 
 
 # ----------------------------------------------------------------------------------------------------- export

@@ -94,6 +94,9 @@ def eval_cmd(
                                              "comma-separated, e.g. ' negative, positive'"),
     label_names: Optional[str] = typer.Option(None, "--label-names", help="with --model --data: the labels as "
                                               "written in the file, comma-separated, in verbalizer order"),
+    choice_score: Optional[str] = typer.Option(None, "--choice-score", help="with --model, a multiple-choice task: "
+                                               "a choice's score is the sum (default) or the per-token mean of its "
+                                               "log-probs"),
     out: Optional[Path] = typer.Option(None, "--out", help="also write the result JSON to this file (without it, "
                                        "eval only prints)"),
 ):
@@ -107,7 +110,8 @@ def eval_cmd(
             raise PrivtuneError("eval: give exactly one of RUN_DIR or --model")
         if data is not None and split is not None:
             raise PrivtuneError("--split: not with --data (the file is the evaluation set)")
-        given = {"--task": task, "--template": template, "--verbalizer": verbalizer, "--label-names": label_names}
+        given = {"--task": task, "--template": template, "--verbalizer": verbalizer, "--label-names": label_names,
+                 "--choice-score": choice_score}
         if run_dir is not None:
             flag = next((f for f, v in given.items() if v is not None), None)
             if flag is not None:
@@ -122,7 +126,7 @@ def eval_cmd(
                                         "--task)")
             result = evaluate_base(model, name, split=split or "dev", limit=limit, template=template,
                                    verbalizer=_list(verbalizer), label_names=_list(label_names), callback=progress,
-                                   data=data)
+                                   data=data, choice_score=choice_score)
         if out is not None:
             from ..atomic import atomic_write_json
 

@@ -36,10 +36,13 @@ def evaluate_setup(setup: Setup) -> dict:
     return score(setup.engine, setup.evalset)
 
 
-def _score(cfg, split: str, weights: dict | None = None, callback=None, data: str | Path | None = None) -> dict:
+def _score(cfg, split: str, weights: dict | None = None, callback=None, data: str | Path | None = None,
+           choice_score_given: str | None = None) -> dict:
     if split not in SPLITS:
         raise ConfigError(f"split: {split!r} is not one of {sorted(SPLITS)}")
     setup = prepare(cfg, need_pool=False, need_eval=False)
+    if choice_score_given is not None and setup.task.type != "multiple_choice":
+        raise ConfigError(f"task.choice_score (--choice-score): only for a multiple-choice task ({cfg.task.name} is {setup.task.type})")
     if weights is not None:
         load_trainable_state(setup.sel, weights)
     examples = setup.task.eval if SPLITS[split] == "eval" else setup.task.train
@@ -55,6 +58,8 @@ def _score(cfg, split: str, weights: dict | None = None, callback=None, data: st
         prompt["verbalizer"] = setup.task.verbalizer
     else:
         prompt["type"] = setup.task.type
+    if setup.task.type == "multiple_choice":
+        prompt["choice_score"] = setup.task.choice_score
     return {**result, "model": cfg.model.name, "task": cfg.task.name, **where, **prompt}
 
 
@@ -83,11 +88,13 @@ def evaluate_run(run_dir: str | Path, split: str = "dev", limit: int | None = No
 
 def evaluate_base(model: str, task: str, split: str = "dev", limit: int | None = None, template: str | None = None,
                   verbalizer: list[str] | None = None, device: str = "auto", callback=None,
-                  data: str | Path | None = None, label_names: list[str] | None = None) -> dict:
+                  data: str | Path | None = None, label_names: list[str] | None = None,
+                  choice_score: str | None = None) -> dict:
     """Zero-shot accuracy of a base model (or an exported folder) on `task`'s split, or on the file `data` (task
-    "custom": give template and verbalizer, and label_names when the file's labels are names)."""
-    section = _on_file({"name": task, "template": template, "verbalizer": verbalizer, "label_names": label_names},
-                       data, limit)
+    "custom": give template and verbalizer, and label_names when the file's labels are names). `choice_score`
+    ("sum" or "mean") overrides a multiple-choice task's; any other task type refuses it."""
+    section = _on_file({"name": task, "template": template, "verbalizer": verbalizer, "label_names": label_names,
+                        **({"choice_score": choice_score} if choice_score is not None else {})}, data, limit)
     cfg = build_config({"model": {"name": model, "device": device}, "task": section,
                         "trainable": {"kind": "norms"}, "train": {"prefix_cache": False}})
-    return _score(cfg, "eval" if data else split, callback=callback, data=data)
+    return _score(cfg, "eval" if data else split, callback=callback, data=data, choice_score_given=choice_score)
