@@ -565,6 +565,16 @@ def _check_qa_template(template: Any) -> str:
     return template
 
 
+def task_type_of(name: str, task_type: str | None = None) -> str:
+    """Task `name`'s type: `task_type` if given, else the built-in's (classification for "custom"). An unknown name is
+    a ConfigError."""
+    if name != "custom" and name not in TASKS:
+        raise ConfigError(f"task.name: unknown task {name!r} (choose from {', '.join([*TASKS, 'custom'])})")
+    if task_type is not None:
+        return task_type
+    return TASKS[name].type if name in TASKS else "classification"
+
+
 def load_task(name: str, *, train_path: str | os.PathLike | None = None,
               eval_path: str | os.PathLike | None = None, text_column: str | None = None,
               label_column: str = "label", label_names: Sequence[str] | None = None, template: str | None = None,
@@ -579,14 +589,8 @@ def load_task(name: str, *, train_path: str | os.PathLike | None = None,
     given. `text_column` None (or "text", the config's default) reads the built-in's own text column. With
     eval_limit, eval keeps the first eval_limit examples in file order. eval_split="dev" evaluates on the
     built-in's dev split instead (ARC: for tuning presets without touching the test split)."""
-    if name == "custom":
-        spec = None
-    elif name in TASKS:
-        spec = TASKS[name]
-    else:
-        raise ConfigError(f"task.name: unknown task {name!r} (choose from {', '.join([*TASKS, 'custom'])})")
-    if task_type is None:
-        task_type = spec.type if spec is not None else "classification"
+    task_type = task_type_of(name, task_type)
+    spec = TASKS.get(name)
     if task_type not in TASK_TYPES:
         raise ConfigError(f"task.type: must be one of {', '.join(TASK_TYPES)}, got {task_type!r}")
     if spec is not None and task_type != spec.type:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..data import task_type_of
 from ..errors import ConfigError
 from ..methods import build_config
 from ..trainable import load_trainable_state
@@ -36,13 +37,10 @@ def evaluate_setup(setup: Setup) -> dict:
     return score(setup.engine, setup.evalset)
 
 
-def _score(cfg, split: str, weights: dict | None = None, callback=None, data: str | Path | None = None,
-           choice_score_given: str | None = None) -> dict:
+def _score(cfg, split: str, weights: dict | None = None, callback=None, data: str | Path | None = None) -> dict:
     if split not in SPLITS:
         raise ConfigError(f"split: {split!r} is not one of {sorted(SPLITS)}")
     setup = prepare(cfg, need_pool=False, need_eval=False)
-    if choice_score_given is not None and setup.task.type != "multiple_choice":
-        raise ConfigError(f"task.choice_score (--choice-score): only for a multiple-choice task ({cfg.task.name} is {setup.task.type})")
     if weights is not None:
         load_trainable_state(setup.sel, weights)
     examples = setup.task.eval if SPLITS[split] == "eval" else setup.task.train
@@ -97,4 +95,7 @@ def evaluate_base(model: str, task: str, split: str = "dev", limit: int | None =
                         **({"choice_score": choice_score} if choice_score is not None else {})}, data, limit)
     cfg = build_config({"model": {"name": model, "device": device}, "task": section,
                         "trainable": {"kind": "norms"}, "train": {"prefix_cache": False}})
-    return _score(cfg, "eval" if data else split, callback=callback, data=data, choice_score_given=choice_score)
+    kind = task_type_of(cfg.task.name, cfg.task.type)
+    if choice_score is not None and kind != "multiple_choice":  # before the model loads
+        raise ConfigError(f"task.choice_score (--choice-score): only for a multiple-choice task ({task} is {kind})")
+    return _score(cfg, "eval" if data else split, callback=callback, data=data)
