@@ -152,5 +152,10 @@ def qa_table():
 
 
 @pytest.fixture(scope="module")
+def qa_paired():
+    return load_bench("qa_paired")
+
+
+@pytest.fixture(scope="module")
 def tune_qa():
     return load_bench("tune_qa")

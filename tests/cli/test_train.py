@@ -139,6 +139,25 @@ def test_eval_base_model_multiple_choice_score(tmp_path):
         assert res["choice_score"] == want and res["type"] == "multiple_choice" and res["total"] == 4
 
 
+def test_eval_out_keeps_per_question_scores_of_a_generation_eval_split_only(tmp_path):
+    """--out holds each question's F1 / exact match (what benchmarks/qa_paired.py pairs) for a generation task's eval
+    split; stdout stays one summary line, and a train split (private examples) never gets them."""
+    out = tmp_path / "zs.json"
+    r = invoke("eval", "--model", "tiny", "--task", "squad", "--limit", "5", "--out", out)
+    assert r.exit_code == 0, r.stderr
+    assert "per_question" not in json.loads(r.stdout)
+    res = json.loads(out.read_text())
+    pq = res["per_question"]
+    assert len(pq["f1"]) == len(pq["exact_match"]) == res["total"] == 5
+    assert sum(pq["f1"]) / 5 == pytest.approx(res["f1"]) and sum(pq["exact_match"]) / 5 == pytest.approx(
+        res["exact_match"])
+    assert all(0.0 <= f <= 1.0 for f in pq["f1"]) and set(pq["exact_match"]) <= {0.0, 1.0}
+    train = tmp_path / "train.json"
+    r = invoke("eval", "--model", "tiny", "--task", "squad", "--split", "train", "--limit", "3", "--out", train)
+    assert r.exit_code == 0, r.stderr
+    assert "per_question" not in json.loads(train.read_text())
+
+
 def test_eval_bad_flags_are_one_line_errors(finished, tmp_path):
     mine = _user_file(tmp_path)
     one_error(invoke("eval", finished, "--data", mine, "--split", "dev"), "--split")

@@ -98,7 +98,8 @@ def eval_cmd(
                                                "a choice's score is the sum (default) or the per-token mean of its "
                                                "log-probs"),
     out: Optional[Path] = typer.Option(None, "--out", help="also write the result JSON to this file (without it, "
-                                       "eval only prints)"),
+                                       "eval only prints); for a generation task's eval split it also holds each "
+                                       "question's F1 and exact match (per_question)"),
 ):
     """Accuracy of a trained run (RUN_DIR) or of a base model (--model NAME) on a task split or your own file."""
     from ..run.evaluate import evaluate_base, evaluate_run
@@ -134,7 +135,8 @@ def eval_cmd(
             atomic_write_json(out, result)
         return result
 
-    typer.echo(json.dumps(run(go)))
+    result = run(go)
+    typer.echo(json.dumps({k: v for k, v in result.items() if k != "per_question"}))
 
 
 def _list(text: str | None) -> list[str] | None:

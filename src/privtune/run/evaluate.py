@@ -49,7 +49,8 @@ def _score(cfg, split: str, weights: dict | None = None, callback=None, data: st
     if callback is not None:
         callback({"event": "status", "message": f"encoding {len(examples)} {'' if data else split + ' '}examples"})
     encoded = encode_examples(setup, examples, for_decoding=True)
-    result = score(setup.engine, encoded, callback=callback)
+    # per-question scores only off the train split: a train example's own score is per-example private data
+    result = score(setup.engine, encoded, callback=callback, per_question=SPLITS[split] == "eval")
     where = {"split": split} if data is None else {"split": "data", "data": str(data)}
     prompt = {"template": setup.task.template}
     if setup.task.type == "classification":

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from .. import dist
-from ..qa_metrics import squad_scores
+from ..qa_metrics import exact_match, squad_scores, token_f1
 
 
 def zo_scalars(lp: torch.Tensor, lm: torch.Tensor, eps: float) -> torch.Tensor:
@@ -80,10 +80,12 @@ def accuracy(engine, data, callback=None) -> tuple[float, int]:
     return correct / max(len(data), 1), correct
 
 
-def score(engine, data, callback=None) -> dict:
+def score(engine, data, callback=None, per_question: bool = False) -> dict:
     """Eval metrics of the engine's model as it is now on Encoded `data`: accuracy (classification,
     multiple_choice: argmax over the label words or the choices' scores), or for generation the SQuAD exact match
-    and token F1 of its greedy answers (max over the gold answers), as fractions."""
+    and token F1 of its greedy answers (max over the gold answers), as fractions. `per_question` (generation only)
+    adds each question's F1 and exact match, in eval order, so that two models can be compared on the same questions
+    (`privtune eval --out` on an eval split; never on a train split, whose per-example scores are private)."""
     if engine.forward.task_type == "generation":
         # Greedy answers are decoded from the prompts alone. run.setup.encode_examples sets them on every generation
         # Encoded; without them the ids are the packed prompt + gold answer, and decoding after those would score
@@ -93,7 +95,11 @@ def score(engine, data, callback=None) -> dict:
                              "(encode them with run.setup.encode_examples)")
         preds = engine.forward.generate(data.prompts, callback)
         s = squad_scores(preds, data.answers)
-        return {"f1": s["f1"] / 100.0, "exact_match": s["exact_match"] / 100.0, "total": len(preds)}
+        out = {"f1": s["f1"] / 100.0, "exact_match": s["exact_match"] / 100.0, "total": len(preds)}
+        if per_question:
+            out["per_question"] = {"f1": [token_f1(p, g) for p, g in zip(preds, data.answers)],
+                                   "exact_match": [exact_match(p, g) for p, g in zip(preds, data.answers)]}
+        return out
     acc, correct = accuracy(engine, data, callback=callback)
     return {"accuracy": acc, "correct": correct, "total": len(data)}
 

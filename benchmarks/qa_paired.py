@@ -1,0 +1,67 @@
+"""Two models on the same eval questions: the mean per-question difference in F1 and exact match, with its 95% interval.
+
+`privtune eval ... --out FILE` on a generation task's eval split keeps each question's scores (`per_question`). Two
+such files over the same questions (same task, split and count) give a paired interval: most questions get the same
+answer from both models, so the difference's spread is far below either score's, and this interval is much narrower
+than two unpaired ones side by side (qa_table.ci95). It answers "is B above A on these questions?", not "on SQuAD".
+
+Usage: python benchmarks/qa_paired.py A.json B.json [--out FILE]   (A: the reference, e.g. zero-shot; B: a run)
+Prints, and with --out writes, {metric: {mean_a, mean_b, diff (B − A), ci95, changed, n}} in fractions of 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+
+SAME = ("task", "split", "data", "total")  # what two evals must share to be paired question by question
+
+
+def paired(a: list[float], b: list[float]) -> dict:
+    """The mean of b_i − a_i over paired questions, and the normal 95% half-width 1.96·s/√n of that mean (s: the
+    differences' sample standard deviation); `changed`: how many questions' scores differ."""
+    if len(a) != len(b) or len(a) < 2:
+        raise ValueError(f"paired: need two equal-length score lists of ≥ 2 questions, got {len(a)} and {len(b)}")
+    d = [y - x for x, y in zip(a, b)]
+    n = len(d)
+    mean = sum(d) / n
+    var = sum((x - mean) ** 2 for x in d) / (n - 1)
+    return {"mean_a": sum(a) / n, "mean_b": sum(b) / n, "diff": mean, "ci95": 1.96 * math.sqrt(var / n),
+            "changed": sum(x != 0 for x in d), "n": n}
+
+
+def compare(ra: dict, rb: dict) -> dict:
+    """paired() for every per-question metric of two `privtune eval --out` results over the same questions."""
+    for name, r in (("A", ra), ("B", rb)):
+        if "per_question" not in r:
+            raise ValueError(f"{name}: no per_question scores (privtune eval --out on a generation task's eval split)")
+    differ = [k for k in SAME if ra.get(k) != rb.get(k)]
+    if differ:
+        raise ValueError(f"not the same questions: {', '.join(f'{k} {ra.get(k)!r} vs {rb.get(k)!r}' for k in differ)}")
+    return {m: paired(ra["per_question"][m], rb["per_question"][m]) for m in ra["per_question"]}
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("a", type=Path, help="the reference eval (privtune eval --out), e.g. the base model's")
+    ap.add_argument("b", type=Path, help="the eval compared with it, on the same questions")
+    ap.add_argument("--out", type=Path, default=None)
+    args = ap.parse_args()
+    try:
+        result = {"benchmark": "qa_paired", "a": str(args.a), "b": str(args.b),
+                  **compare(json.loads(args.a.read_text()), json.loads(args.b.read_text()))}
+    except (OSError, ValueError) as e:
+        print(f"qa_paired: {e}", file=sys.stderr)
+        raise SystemExit(2)
+    text = json.dumps(result, indent=2)
+    print(text)
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()
