@@ -45,15 +45,24 @@ def token_f1(pred: str, golds: Sequence[str]) -> float:
     return max(_f1(pred, g) for g in golds)
 
 
-def squad_scores(preds: Sequence[str], golds_list: Sequence[Sequence[str]]) -> dict[str, float]:
-    """{"exact_match": %, "f1": %}: the means over questions, in percent (0..100)."""
+def question_scores(preds: Sequence[str], golds_list: Sequence[Sequence[str]]) -> dict[str, list[float]]:
+    """{"exact_match": [...], "f1": [...]}: each question's scores, fractions in [0, 1], in question order."""
     if len(preds) != len(golds_list):
         raise ValueError(f"squad_scores: {len(preds)} predictions for {len(golds_list)} questions")
     if not preds:
         raise ValueError("squad_scores: no questions to score")
-    em = sum(exact_match(p, g) for p, g in zip(preds, golds_list))
-    f1 = sum(token_f1(p, g) for p, g in zip(preds, golds_list))
-    return {"exact_match": 100.0 * em / len(preds), "f1": 100.0 * f1 / len(preds)}
+    return {"exact_match": [exact_match(p, g) for p, g in zip(preds, golds_list)],
+            "f1": [token_f1(p, g) for p, g in zip(preds, golds_list)]}
+
+
+def percent_means(scores: dict[str, list[float]]) -> dict[str, float]:
+    """The means over questions of `question_scores`, in percent (0..100)."""
+    return {k: 100.0 * sum(v) / len(v) for k, v in scores.items()}
+
+
+def squad_scores(preds: Sequence[str], golds_list: Sequence[Sequence[str]]) -> dict[str, float]:
+    """{"exact_match": %, "f1": %}: the means over questions, in percent (0..100)."""
+    return percent_means(question_scores(preds, golds_list))
 
 
 def _check_golds(golds: Sequence[str]) -> None:

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from .. import dist
-from ..qa_metrics import exact_match, squad_scores, token_f1
+from ..qa_metrics import percent_means, question_scores
 
 
 def zo_scalars(lp: torch.Tensor, lm: torch.Tensor, eps: float) -> torch.Tensor:
@@ -94,11 +94,11 @@ def score(engine, data, callback=None, per_question: bool = False) -> dict:
             raise ValueError("zo.sums.score: a generation task's examples carry no prompts to decode from "
                              "(encode them with run.setup.encode_examples)")
         preds = engine.forward.generate(data.prompts, callback)
-        s = squad_scores(preds, data.answers)
+        q = question_scores(preds, data.answers)  # scored once: the means and, when asked, the per-question lists
+        s = percent_means(q)
         out = {"f1": s["f1"] / 100.0, "exact_match": s["exact_match"] / 100.0, "total": len(preds)}
         if per_question:
-            out["per_question"] = {"f1": [token_f1(p, g) for p, g in zip(preds, data.answers)],
-                                   "exact_match": [exact_match(p, g) for p, g in zip(preds, data.answers)]}
+            out["per_question"] = q
         return out
     acc, correct = accuracy(engine, data, callback=callback)
     return {"accuracy": acc, "correct": correct, "total": len(data)}
