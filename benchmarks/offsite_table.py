@@ -14,7 +14,8 @@ OpenBookQA test, file order). Each stage's result is stored as soon as it exists
 recomputed).
 
 Multiple choice (the papers' setting: Offsite-Tuning and GradOT report OpenBookQA and ARC): --task arc_easy or
---task openbookqa. A choice's score is the sum of its tokens' log-probs after the prompt (task.choice_score: sum),
+--task openbookqa. A choice's score is the task's default (data.TASKS; task.choice_score): the sum of its tokens'
+log-probs after the prompt for arc_easy, their per-token mean for openbookqa (the adapters' ARC-Easy training sums),
 computed by the ZO engine's scorer (privtune.zo.sequences.SequenceForward); the adapters' loss is the cross-entropy
 over the choices and accuracy is the argmax. OpenBookQA ships no train split: its adapters are tuned on ARC-Easy
 train (--train-task, default arc_easy for it; GradOT calibrates there too) and evaluated on OpenBookQA test; the
@@ -89,14 +90,16 @@ def main():
         setup |= {"train_task": train_task, "choice_score": task.choice_score}
     res = results.get(key) if results.get(key, {}).get("setup") == setup else None
     old = results.get(key, {})
-    zero_shot = old.get("full_zero_shot") if all(old.get("setup", {}).get(k) == setup[k] for k in ("model", "task", "eval")) else None
+    zero_shot = old.get("full_zero_shot") if all(old.get("setup", {}).get(k) == setup.get(k) for k in ("model", "task", "eval", "choice_score")) else None
     res = res or {"setup": setup, **({"full_zero_shot": zero_shot} if zero_shot else {}), "eval_split": f"first {a.eval} examples of the {a.task} eval split (file order)",
                   "machine": platform.processor() or platform.machine(), "threads": torch.get_num_threads()}
     if mc:
         res["command"] = " ".join(shlex.quote(x) for x in ["python", *sys.argv])
         res["eval_split"] = f"first {len(task.eval)} examples of the {a.task} test split (file order)"
-        res["choice_score"] = ("sum of the choice tokens' log-probs after the prompt (task.choice_score: sum), "
-                               "privtune.zo.sequences.SequenceForward; loss: cross-entropy over the choices")
+        how = "sum" if task.choice_score == "sum" else "per-token mean"
+        res["choice_score"] = (f"{how} of the choice tokens' log-probs after the prompt (task.choice_score: "
+                               f"{task.choice_score}, the task's default), privtune.zo.sequences.SequenceForward; "
+                               "loss: cross-entropy over the choices")
         res["train_task"] = train_task
         if train_task != a.task:
             res["note"] = (f"{a.task} has no train split: the adapters (and GradOT's calibration) use {train_task} "

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from privtune.data import (TASKS, Example, Task, balanced_pool, draw_pool, load_qa_examples, load_task,
+from privtune.data import (DEFAULT_CHOICE_SCORE, TASKS, Example, Task, balanced_pool, draw_pool, load_qa_examples, load_task,
                            make_canaries, make_qa_canaries, render, render_example, template_fields)
 from privtune.errors import DataError
 from privtune.run.setup import add_canaries, build_task
@@ -118,6 +118,21 @@ def test_build_task_passes_the_new_keys(tmp_path):
     cfg = load_config(None, ["task.name=arc_easy", "task.choice_score=mean", "task.eval_limit=4"])
     task = build_task(cfg)  # the config's text_column default "text" reads ARC's own "question" column
     assert task.choice_score == "mean" and len(task.eval) == 4 and task.text_column == "question"
+
+
+def test_the_choice_score_default_is_the_tasks(tmp_path):
+    """Unset, a multiple-choice task scores as its TaskSpec says (ARC-Easy sums, chosen on its dev split) and every
+    other one, built-in or custom, takes the per-token mean; a config's choice_score overrides either."""
+    from privtune.methods import load_config
+
+    for name, want in (("arc_easy", "sum"), ("arc_challenge", "mean"), ("openbookqa", "mean")):
+        assert build_task(load_config(None, [f"task.name={name}", "task.eval_limit=2"])).choice_score == want
+        assert load_task(name, eval_limit=2, choice_score="sum").choice_score == "sum"
+    path = jsonl(tmp_path, "mc.jsonl", [mc_row()])
+    custom = dict(task_type="multiple_choice", train_path=path, eval_path=path, template=MC_TEMPLATE,
+                  text_column="question")
+    assert load_task("custom", **custom).choice_score == DEFAULT_CHOICE_SCORE == "mean"
+    assert load_task("custom", choice_score="sum", **custom).choice_score == "sum"
 
 
 # ---------------------------------------------------------------------------------------------------------------

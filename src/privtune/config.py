@@ -45,7 +45,7 @@ class TaskCfg(Strict):
     label_names: list[str] | None = None
     template: str | None = None  # default per task; must contain {text}
     verbalizer: list[str] | None = None  # one single-token word per label
-    choice_score: Literal["sum", "mean"] = "sum"  # multiple_choice: sum or per-token mean of a choice's log-probs
+    choice_score: Literal["sum", "mean"] | None = None  # multiple_choice: sum or per-token mean; null: the task's
     max_new_tokens: PosInt = 32  # generation: greedy decoding at eval stops after this many new tokens
     stop: Annotated[str, Field(min_length=1)] = "\n"  # generation: decoding stops at it; training appends it
     pool_size: PosInt = 1000  # balanced, seeded training pool (PACZero paper: N = 1000)

@@ -58,7 +58,8 @@ MEANINGS = {
     "task.verbalizer": "classification only: one single-token word per label, in label order (usually with a "
                        "leading space); default per task (SST-2: [\" negative\", \" positive\"])",
     "task.choice_score": "multiple_choice: a choice's score is the sum (sum) or the per-token mean (mean, length-"
-                         "normalised) of its tokens' log-probabilities after the prompt; the highest wins",
+                         "normalised) of its tokens' log-probabilities after the prompt; the highest wins. null: "
+                         "the task's (arc_easy sum, chosen on its dev split; every other task mean)",
     "task.max_new_tokens": "generation: eval decodes greedily up to this many new tokens",
     "task.stop": "generation: eval decoding stops at this string, and training appends it to the gold answer "
                  "(non-empty)",

@@ -78,6 +78,8 @@ def test_every_method_trains_on_every_task_type(tmp_path, method, task_type):
     metrics = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     key = "eval_f1" if task_type == "generation" else "eval_accuracy"
     assert metrics[0]["kind"] == "eval" and key in metrics[0]
+    # config.yaml records what ran: the choice score the task chose when the config left it unset
+    assert C.load_yaml(run / "config.yaml")["task"]["choice_score"] == (None if task_type == "generation" else "sum")
 
 
 @pytest.mark.parametrize("task_type", list(TYPES))

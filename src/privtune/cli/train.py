@@ -95,8 +95,8 @@ def eval_cmd(
     label_names: Optional[str] = typer.Option(None, "--label-names", help="with --model --data: the labels as "
                                               "written in the file, comma-separated, in verbalizer order"),
     choice_score: Optional[str] = typer.Option(None, "--choice-score", help="with --model, a multiple-choice task: "
-                                               "a choice's score is the sum (default) or the per-token mean of its "
-                                               "log-probs"),
+                                               "a choice's score is the sum or the per-token mean of its log-probs "
+                                               "(default: the task's, sum for arc_easy, else mean)"),
     out: Optional[Path] = typer.Option(None, "--out", help="also write the result JSON to this file (without it, "
                                        "eval only prints); for a generation task's eval split it also holds each "
                                        "question's F1 and exact match (per_question)"),

@@ -153,6 +153,16 @@ def add_canaries(task: Task, pool_index: list[int], n: int, seed: int) -> dict:
     return out
 
 
+def resolved_config(setup: Setup):
+    """config.yaml of a new run: the config with what the task decided written out (a multiple-choice task's
+    choice_score, when the config left it to the task), so the run dir says what ran and a resume or replay under a
+    later default scores the same way."""
+    cfg = setup.cfg
+    if setup.task.type == "multiple_choice" and cfg.task.choice_score is None:
+        cfg = cfg.model_copy(update={"task": cfg.task.model_copy(update={"choice_score": setup.task.choice_score})})
+    return cfg
+
+
 def engine_record(setup: Setup) -> dict:
     """engine.json of a new run: the resolved z backend (and triton's version, whose tl.randn defines z)."""
     zk = setup.engine.z_kernel

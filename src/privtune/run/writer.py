@@ -19,7 +19,7 @@ from . import keystore as KS
 from .evaluate import ROW_KEYS, metric_fields
 from .ledger import Ledger
 from .rundir import RunDir
-from .setup import Setup, engine_record, save_model
+from .setup import Setup, engine_record, resolved_config, save_model
 
 
 def _released(line: dict) -> str:
@@ -103,8 +103,7 @@ class Writer:
 
     def _create(self, method: Method) -> None:
         """The new run dir, created atomically, with its config, engine record, canaries (audit mode) and ledger."""
-        cfg = self.setup.cfg
-        with self.run.create(config_text=C.dump(cfg), engine=engine_record(self.setup),
+        with self.run.create(config_text=C.dump(resolved_config(self.setup)), engine=engine_record(self.setup),
                              canaries=self.setup.canaries) as new:
             Ledger.create(new, run_id=self.run_id, steps_total=self.steps, secret_source=self.secret_source,
                           **method.ledger_fields())
