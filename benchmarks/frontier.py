@@ -105,6 +105,17 @@ def kept(out: Path, preset: Path, overrides: list[str]) -> bool:
     return RunDir(out).load_config() == want
 
 
+def timed(cmd: list[str], env: dict | None = None) -> tuple[float, float]:
+    """Run `cmd` (stdout discarded) to completion: its user+system CPU seconds and wall seconds. A failure stops the
+    sweep with the command."""
+    t0 = time.time()
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL)
+    _, status, usage = os.wait4(proc.pid, 0)
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"run failed: {' '.join(map(str, cmd))}")
+    return round(usage.ru_utime + usage.ru_stime, 1), round(time.time() - t0, 1)
+
+
 def run_one(r: dict, runs: Path) -> dict:
     out = runs / r["tag"]
     cmd = [sys.executable, "-m", "privtune", "train", "-q", "--config", str(REPO / r["preset"]), *r["overrides"],
@@ -121,14 +132,9 @@ def run_one(r: dict, runs: Path) -> dict:
         # one thread per run: a step on cached states is many tiny ops, which threads only slow down (and --jobs
         # runs share the cores); the thread count is recorded because results are reproducible at a fixed count
         env = {**os.environ, "PRIVTUNE_SECRET_SEED": str(1000 + r["seed"]), "OMP_NUM_THREADS": str(THREADS)}
-        t0 = time.time()
-        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL)
-        _, status, usage = os.wait4(proc.pid, 0)
-        if os.waitstatus_to_exitcode(status) != 0:
-            raise SystemExit(f"run failed: {' '.join(cmd)}")
-        cpu = round(usage.ru_utime + usage.ru_stime, 1)
+        cpu, wall = timed(cmd, env)
         stamp.write_text(json.dumps(cmd[3:]))
-        stamp.with_name("sweep_cpu.json").write_text(json.dumps({"cpu_s": cpu, "wall_s": round(time.time() - t0, 1)}))
+        stamp.with_name("sweep_cpu.json").write_text(json.dumps({"cpu_s": cpu, "wall_s": wall}))
         res = json.loads((out / "eval.json").read_text())
     led = json.loads((out / "privacy.json").read_text())
     metric = "f1" if "f1" in res else "accuracy"  # a generation task is judged by F1 (eval.json has no accuracy)

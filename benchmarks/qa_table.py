@@ -7,10 +7,15 @@ eval (the same model on the same eval set). Runs are plain `privtune train` proc
 runner: a finished run with the same command is reused, so an interrupted table resumes); cpu_s is the process's
 user+system CPU time.
 
+--transfer openbookqa (with --task arc_easy): also evaluate every trained model on an eval-only multiple-choice task,
+as the offsite papers do for OpenBookQA: the run is exported (`privtune export`, a plain transformers folder) and
+scored by `privtune eval --model FOLDER --task openbookqa` (the target task's own choice score), beside the base
+model's zero-shot on the same split. Those rows go under `transfer`.
+
 Usage: python benchmarks/qa_table.py --task squad|arc_easy [--seeds 0,1,2] [--only mezo,paczero-zpl,dpzero,dpsgd-lora]
-           [--runs DIR] [--out FILE] [--jobs N] [key=value ...]
+           [--runs DIR] [--out FILE] [--jobs N] [--transfer openbookqa] [key=value ...]
 Writes benchmarks/results/qa_<task>.json: `rows` (method, metric, accuracy_mean = the metric's mean, accuracy_std,
-seeds, cpu_s, and the guarantee) and `runs`.
+seeds, cpu_s, and the guarantee), `runs`, and with --transfer `transfer`.
 """
 
 from __future__ import annotations
@@ -18,8 +23,12 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
+import shutil
+import statistics
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import frontier  # benchmarks/frontier.py: the runner, the kept-run rule and the rows
@@ -28,6 +37,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 TASKS = ("squad", "arc_easy")
 MECHANISMS = ("mezo", "paczero-zpl", "dpzero", "dpsgd-lora")
+TRANSFER = {"arc_easy": ("openbookqa",)}  # --task: the eval-only tasks its trained models may be scored on
+BASE = "smollm2-135m"
 
 
 def preset(task: str, mechanism: str) -> str:
@@ -70,6 +81,54 @@ def rows(runs: list[dict]) -> list[dict]:
     return out
 
 
+def eval_model(model: str | Path, task: str, out: Path) -> dict:
+    """`privtune eval --model MODEL --task TASK --out OUT` in its own process (one thread), with its CPU seconds; a
+    result already in `out` is reused."""
+    if not out.exists():
+        env = {**os.environ, "OMP_NUM_THREADS": str(frontier.THREADS)}
+        cpu, _ = frontier.timed([sys.executable, "-m", "privtune", "eval", "--model", str(model), "--task", task,
+                                 "--out", str(out)], env)
+        out.write_text(json.dumps({**json.loads(out.read_text()), "cpu_s": cpu}, indent=2))
+    return json.loads(out.read_text())
+
+
+def transfer_one(run: dict, task: str) -> dict:
+    """One trained run scored on `task`: exported to a temporary folder beside it, evaluated, the folder removed."""
+    run_dir = Path(run["run_dir"])
+    out = run_dir.with_name(f"{run_dir.name}_{task}.json")
+    if not out.exists() or out.stat().st_mtime < (run_dir / "eval.json").stat().st_mtime:
+        out.unlink(missing_ok=True)
+        folder = run_dir.with_name(f"{run_dir.name}_export")
+        shutil.rmtree(folder, ignore_errors=True)
+        env = {**os.environ, "OMP_NUM_THREADS": str(frontier.THREADS)}
+        cpu, _ = frontier.timed([sys.executable, "-m", "privtune", "export", str(run_dir), "--out", str(folder)], env)
+        try:
+            res = eval_model(folder, task, out)
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+        out.write_text(json.dumps({**res, "cpu_s": round(res["cpu_s"] + cpu, 1)}, indent=2))
+    res = json.loads(out.read_text())
+    return {"mechanism": run["mechanism"], "seed": run["seed"], "accuracy": res["accuracy"], "total": res["total"],
+            "choice_score": res["choice_score"], "cpu_s": res["cpu_s"]}
+
+
+def transfer(runs: list[dict], task: str, runs_dir: Path, jobs: int, base_model: str = BASE) -> dict:
+    """Every run's model and the base model on `task`'s eval split: rows as `rows` (zero-shot with its 95% interval,
+    each mechanism's mean and sd over seeds) and the per-run scores. cpu_s counts export and eval."""
+    base = eval_model(base_model, task, runs_dir / f"zero_shot_{task}.json")
+    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+        scored = list(pool.map(lambda r: transfer_one(r, task), runs))
+    n = base["total"]
+    out = [{"method": "zero-shot", "accuracy_mean": base["accuracy"], "ci95": ci95(base["accuracy"], n),
+            "seeds": 1, "cpu_s": base["cpu_s"]}]
+    for m in dict.fromkeys(r["mechanism"] for r in scored):
+        accs = [r["accuracy"] for r in scored if r["mechanism"] == m]
+        out.append({"method": m, "accuracy_mean": statistics.mean(accs),
+                    "accuracy_std": statistics.stdev(accs) if len(accs) > 1 else 0.0, "seeds": len(accs),
+                    "cpu_s": round(statistics.mean(r["cpu_s"] for r in scored if r["mechanism"] == m), 1)})
+    return {"task": task, "eval_examples": n, "choice_score": base["choice_score"], "rows": out, "runs": scored}
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--task", required=True, choices=TASKS)
@@ -78,8 +137,12 @@ def main():
     ap.add_argument("--runs", default=None, help="run dirs (default runs/qa_<task>)")
     ap.add_argument("--out", default=None, help="default benchmarks/results/qa_<task>.json")
     ap.add_argument("--jobs", type=int, default=1, help="runs at once (one thread each)")
+    ap.add_argument("--transfer", default=None, help="also score every trained model on this eval-only task "
+                    "(arc_easy: openbookqa)")
     ap.add_argument("overrides", nargs="*", help="key=value applied to every run")
     args = ap.parse_args()
+    if args.transfer is not None and args.transfer not in TRANSFER.get(args.task, ()):
+        ap.error(f"--transfer: {args.task} models transfer to {list(TRANSFER.get(args.task, ())) or 'no task'}")
     mechanisms = args.only.split(",")
     unknown = [m for m in mechanisms if m not in MECHANISMS]
     if unknown:
@@ -93,6 +156,8 @@ def main():
               "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]), "metric": runs[0]["metric"],
               "threads_per_run": frontier.THREADS, "seeds": seeds, "wall_s": round(time.time() - t0, 1),
               "cpu_s_total": round(sum(r["cpu_s"] for r in runs), 1), "rows": rows(runs), "runs": runs}
+    if args.transfer:
+        result["transfer"] = transfer(runs, args.transfer, runs_dir, args.jobs)
     out = Path(args.out or REPO / "benchmarks" / "results" / f"qa_{args.task}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")

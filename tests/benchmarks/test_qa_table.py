@@ -34,3 +34,29 @@ def test_only_the_first_run_of_a_table_evaluates_zero_shot_and_every_run_keeps_i
         assert [r["overrides"][0] for r in todo] == ["train.seed=0", "train.seed=1"] * 2
         assert all(r["overrides"][-1] == "task.eval_limit=10" for r in todo)
         assert todo[0]["preset"] == f"configs/{task}_mezo.yaml"
+
+
+def test_transfer_scores_each_exported_run_on_the_target_task_beside_the_base_model(qa_table, tmp_path):
+    """--transfer: a run is exported and scored on the eval-only task with that task's own choice score. A run with
+    lr 1e-30 leaves the base model's float32 weights as they were, so it must score exactly the base model's
+    zero-shot; the export folder is gone afterwards."""
+    from privtune import methods as M
+    from privtune.run.loop import train
+
+    from conftest import tiny_cfg
+
+    runs = []
+    for seed, lr in ((0, 1e-30), (1, 0.05)):
+        d = tiny_cfg(tmp_path, **{"task": {"name": "arc_easy", "pool_size": 16, "eval_limit": 4},
+                                  "method.lr": lr, "train.steps": 3, "train.seed": seed, "train.initial_eval": False,
+                                  "out_dir": str(tmp_path / f"mezo_s{seed}")})
+        d["model"]["seed"] = 0
+        train(M.build_config(d))
+        runs.append({"mechanism": "mezo", "seed": seed, "run_dir": d["out_dir"]})
+    res = qa_table.transfer(runs, "openbookqa", tmp_path, jobs=1, base_model="tiny")
+    base, mezo = res["rows"]
+    assert res["choice_score"] == "mean" and res["eval_examples"] == 500 and base["method"] == "zero-shot"
+    frozen, moved = res["runs"]
+    assert frozen["accuracy"] == base["accuracy_mean"] and frozen["total"] == moved["total"] == 500
+    assert mezo["accuracy_mean"] == pytest.approx((frozen["accuracy"] + moved["accuracy"]) / 2)
+    assert not list(tmp_path.glob("*_export"))
