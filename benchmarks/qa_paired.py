@@ -1,7 +1,8 @@
 """Two models on the same eval questions: the mean per-question difference in F1 and exact match, with its 95% interval.
 
 `privtune eval ... --out FILE` on a generation task's eval split keeps each question's scores (`per_question`). Two
-such files over the same questions (same task, split and count) give a paired interval: most questions get the same
+such files over the same questions (same task, split and count), asked and decoded the same way (template,
+max_new_tokens, stop: `privtune eval --model M --max-new-tokens N` matches a run's), give a paired interval: most questions get the same
 answer from both models, so the difference's spread is far below either score's, and this interval is much narrower
 than two unpaired ones side by side (qa_table.ci95). It answers "is B above A on these questions?", not "on SQuAD".
 
@@ -17,7 +18,8 @@ import math
 import sys
 from pathlib import Path
 
-SAME = ("task", "split", "data", "total")  # what two evals must share to be paired question by question
+SAME = ("task", "split", "data", "total")  # what two evals must share to be paired question by question ...
+DECODING = ("template", "max_new_tokens", "stop")  # ... and to have asked and decoded them the same way
 
 
 def paired(a: list[float], b: list[float]) -> dict:
@@ -41,6 +43,9 @@ def compare(ra: dict, rb: dict) -> dict:
     differ = [k for k in SAME if ra.get(k) != rb.get(k)]
     if differ:
         raise ValueError(f"not the same questions: {', '.join(f'{k} {ra.get(k)!r} vs {rb.get(k)!r}' for k in differ)}")
+    differ = [k for k in DECODING if ra.get(k) != rb.get(k)]
+    if differ:  # e.g. the base model decoded 32 tokens, the run's preset 24: eval --model ... --max-new-tokens 24
+        raise ValueError(f"not decoded the same way: {', '.join(f'{k} {ra.get(k)!r} vs {rb.get(k)!r}' for k in differ)}")
     return {m: paired(ra["per_question"][m], rb["per_question"][m]) for m in ra["per_question"]}
 
 

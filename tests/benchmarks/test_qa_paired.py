@@ -53,6 +53,16 @@ def test_compare_pairs_every_metric_and_refuses_other_questions(qa_paired):
         qa_paired.paired([0.5], [0.5])
 
 
+def test_compare_refuses_evals_decoded_differently(qa_paired):
+    """The same questions decoded to another length (the base model's default 32 tokens vs a preset's 24) or from
+    another prompt change the scores by themselves, so they are not a paired comparison of two models."""
+    a = _eval([0.2, 0.0, 1.0], [0.0, 0.0, 1.0], max_new_tokens=24, stop="\n", template="Q: {text}\nA:")
+    assert qa_paired.compare(a, dict(a))["f1"]["diff"] == 0.0
+    for key, other in (("max_new_tokens", 32), ("stop", "."), ("template", "{text}")):
+        with pytest.raises(ValueError, match=f"not decoded the same way: {key}"):
+            qa_paired.compare(a, {**a, key: other})
+
+
 def test_cli_writes_the_comparison_and_refuses_a_bad_file_with_one_line(tmp_path):
     a, b = tmp_path / "a.json", tmp_path / "b.json"
     a.write_text(json.dumps(_eval([0.2, 0.0, 1.0], [0.0, 0.0, 1.0])))

@@ -152,6 +152,10 @@ def test_eval_out_keeps_per_question_scores_of_a_generation_eval_split_only(tmp_
     assert sum(pq["f1"]) / 5 == pytest.approx(res["f1"]) and sum(pq["exact_match"]) / 5 == pytest.approx(
         res["exact_match"])
     assert all(0.0 <= f <= 1.0 for f in pq["f1"]) and set(pq["exact_match"]) <= {0.0, 1.0}
+    assert (res["max_new_tokens"], res["stop"]) == (32, "\n")  # how it decoded: qa_paired pairs only equal settings
+    r = invoke("eval", "--model", "tiny", "--task", "squad", "--limit", "5", "--max-new-tokens", "2")
+    assert r.exit_code == 0, r.stderr
+    assert json.loads(r.stdout)["max_new_tokens"] == 2
     train = tmp_path / "train.json"
     r = invoke("eval", "--model", "tiny", "--task", "squad", "--split", "train", "--limit", "3", "--out", train)
     assert r.exit_code == 0, r.stderr
@@ -167,6 +171,9 @@ def test_eval_bad_flags_are_one_line_errors(finished, tmp_path):
     one_error(invoke("eval", finished, "--choice-score", "mean"), "--choice-score", "RUN_DIR")
     one_error(invoke("eval", "--model", "tiny", "--limit", "4", "--choice-score", "mean"), "--choice-score")
     one_error(invoke("eval", "--model", "tiny", "--task", "arc_easy", "--choice-score", "median"), "choice_score")
+    one_error(invoke("eval", finished, "--max-new-tokens", "3"), "--max-new-tokens", "RUN_DIR")
+    one_error(invoke("eval", "--model", "tiny", "--task", "arc_easy", "--max-new-tokens", "3"), "--max-new-tokens")
+    one_error(invoke("eval", "--model", "tiny", "--task", "squad", "--max-new-tokens", "0"), "max_new_tokens")
 
 
 # ----------------------------------------------------------------------------------------------------- export

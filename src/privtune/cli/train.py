@@ -97,6 +97,9 @@ def eval_cmd(
     choice_score: Optional[str] = typer.Option(None, "--choice-score", help="with --model, a multiple-choice task: "
                                                "a choice's score is the sum or the per-token mean of its log-probs "
                                                "(default: the task's, sum for arc_easy, else mean)"),
+    max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", help="with --model, a generation task: "
+                                                 "decode at most this many tokens (default: the task's, 32; give a "
+                                                 "run's task.max_new_tokens to compare with it)"),
     out: Optional[Path] = typer.Option(None, "--out", help="also write the result JSON to this file (without it, "
                                        "eval only prints); for a generation task's eval split it also holds each "
                                        "question's F1 and exact match (per_question)"),
@@ -112,7 +115,7 @@ def eval_cmd(
         if data is not None and split is not None:
             raise PrivtuneError("--split: not with --data (the file is the evaluation set)")
         given = {"--task": task, "--template": template, "--verbalizer": verbalizer, "--label-names": label_names,
-                 "--choice-score": choice_score}
+                 "--choice-score": choice_score, "--max-new-tokens": max_new_tokens}
         if run_dir is not None:
             flag = next((f for f, v in given.items() if v is not None), None)
             if flag is not None:
@@ -127,7 +130,7 @@ def eval_cmd(
                                         "--task)")
             result = evaluate_base(model, name, split=split or "dev", limit=limit, template=template,
                                    verbalizer=_list(verbalizer), label_names=_list(label_names), callback=progress,
-                                   data=data, choice_score=choice_score)
+                                   data=data, choice_score=choice_score, max_new_tokens=max_new_tokens)
         if out is not None:
             from ..atomic import atomic_write_json
 

@@ -59,6 +59,8 @@ def _score(cfg, split: str, weights: dict | None = None, callback=None, data: st
         prompt["type"] = setup.task.type
     if setup.task.type == "multiple_choice":
         prompt["choice_score"] = setup.task.choice_score
+    if setup.task.type == "generation":  # how the answers were decoded: two evals are comparable only if these agree
+        prompt |= {"max_new_tokens": setup.task.max_new_tokens, "stop": setup.task.stop}
     return {**result, "model": cfg.model.name, "task": cfg.task.name, **where, **prompt}
 
 
@@ -88,15 +90,19 @@ def evaluate_run(run_dir: str | Path, split: str = "dev", limit: int | None = No
 def evaluate_base(model: str, task: str, split: str = "dev", limit: int | None = None, template: str | None = None,
                   verbalizer: list[str] | None = None, device: str = "auto", callback=None,
                   data: str | Path | None = None, label_names: list[str] | None = None,
-                  choice_score: str | None = None) -> dict:
+                  choice_score: str | None = None, max_new_tokens: int | None = None) -> dict:
     """Zero-shot accuracy of a base model (or an exported folder) on `task`'s split, or on the file `data` (task
     "custom": give template and verbalizer, and label_names when the file's labels are names). `choice_score`
-    ("sum" or "mean") overrides a multiple-choice task's; any other task type refuses it."""
+    ("sum" or "mean") overrides a multiple-choice task's, `max_new_tokens` a generation task's decoding length (to
+    match a run's: a preset may decode fewer tokens than the task's default); other task types refuse them."""
+    only = {"choice_score": (choice_score, "multiple_choice"), "max_new_tokens": (max_new_tokens, "generation")}
     section = _on_file({"name": task, "template": template, "verbalizer": verbalizer, "label_names": label_names,
-                        **({"choice_score": choice_score} if choice_score is not None else {})}, data, limit)
+                        **{k: v for k, (v, _) in only.items() if v is not None}}, data, limit)
     cfg = build_config({"model": {"name": model, "device": device}, "task": section,
                         "trainable": {"kind": "norms"}, "train": {"prefix_cache": False}})
     kind = task_type_of(cfg.task.name, cfg.task.type)
-    if choice_score is not None and kind != "multiple_choice":  # before the model loads
-        raise ConfigError(f"task.choice_score (--choice-score): only for a multiple-choice task ({task} is {kind})")
+    for key, (value, kind_needed) in only.items():  # before the model loads
+        if value is not None and kind != kind_needed:
+            flag = "--" + key.replace("_", "-")
+            raise ConfigError(f"task.{key} ({flag}): only for a {kind_needed.replace('_', '-')} task ({task} is {kind})")
     return _score(cfg, "eval" if data else split, callback=callback, data=data)
