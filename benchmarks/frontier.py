@@ -105,10 +105,14 @@ def kept(out: Path, preset: Path, overrides: list[str]) -> bool:
     return RunDir(out).load_config() == want
 
 
-def timed(cmd: list[str], env: dict | None = None) -> tuple[float, float]:
-    """Run `cmd` (stdout discarded) to completion: its user+system CPU seconds and wall seconds. A failure stops the
-    sweep with the command."""
+def timed(cmd: list[str], **env: str) -> tuple[float, float]:
+    """Run `cmd` (stdout discarded) to completion with THREADS threads and the extra environment `env`: its
+    user+system CPU seconds and wall seconds. A failure stops the sweep with the command.
+
+    One thread per process: a step on cached states is many tiny ops, which threads only slow down (and --jobs
+    processes share the cores); the thread count is recorded because results are reproducible at a fixed count."""
     t0 = time.time()
+    env = {**os.environ, "OMP_NUM_THREADS": str(THREADS), **env}
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL)
     _, status, usage = os.wait4(proc.pid, 0)
     if os.waitstatus_to_exitcode(status) != 0:
@@ -129,10 +133,7 @@ def run_one(r: dict, runs: Path) -> dict:
         reused = False
         if out.exists():
             shutil.rmtree(out)
-        # one thread per run: a step on cached states is many tiny ops, which threads only slow down (and --jobs
-        # runs share the cores); the thread count is recorded because results are reproducible at a fixed count
-        env = {**os.environ, "PRIVTUNE_SECRET_SEED": str(1000 + r["seed"]), "OMP_NUM_THREADS": str(THREADS)}
-        cpu, wall = timed(cmd, env)
+        cpu, wall = timed(cmd, PRIVTUNE_SECRET_SEED=str(1000 + r["seed"]))
         stamp.write_text(json.dumps(cmd[3:]))
         stamp.with_name("sweep_cpu.json").write_text(json.dumps({"cpu_s": cpu, "wall_s": wall}))
         res = json.loads((out / "eval.json").read_text())

@@ -2,9 +2,9 @@
 
 `privtune eval ... --out FILE` on a generation task's eval split keeps each question's scores (`per_question`). Two
 such files over the same questions (same task, split and count), asked and decoded the same way (template,
-max_new_tokens, stop: `privtune eval --model M --max-new-tokens N` matches a run's), give a paired interval: most questions get the same
-answer from both models, so the difference's spread is far below either score's, and this interval is much narrower
-than two unpaired ones side by side (qa_table.ci95). It answers "is B above A on these questions?", not "on SQuAD".
+max_new_tokens, stop: `privtune eval --model M --max-new-tokens N` matches a run's), give a paired interval: most
+questions get the same answer from both models, so the difference's spread is far below either score's, and this
+interval is much narrower than two unpaired ones side by side (qa_table.ci95). It answers "is B above A on these questions?", not "on SQuAD".
 
 Usage: python benchmarks/qa_paired.py A.json B.json [--out FILE]   (A: the reference, e.g. zero-shot; B: a run)
 Prints, and with --out writes, {metric: {mean_a, mean_b, diff (B − A), ci95, changed, n}} in fractions of 1.
@@ -45,7 +45,8 @@ def compare(ra: dict, rb: dict) -> dict:
         raise ValueError(f"not the same questions: {', '.join(f'{k} {ra.get(k)!r} vs {rb.get(k)!r}' for k in differ)}")
     differ = [k for k in DECODING if ra.get(k) != rb.get(k)]
     if differ:  # e.g. the base model decoded 32 tokens, the run's preset 24: eval --model ... --max-new-tokens 24
-        raise ValueError(f"not decoded the same way: {', '.join(f'{k} {ra.get(k)!r} vs {rb.get(k)!r}' for k in differ)}")
+        raise ValueError("not decoded the same way: "
+                         + ", ".join(f"{k} {ra.get(k)!r} vs {rb.get(k)!r}" for k in differ))
     return {m: paired(ra["per_question"][m], rb["per_question"][m]) for m in ra["per_question"]}
 
 

@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import shutil
 import statistics
 import sys
@@ -81,14 +80,13 @@ def rows(runs: list[dict]) -> list[dict]:
     return out
 
 
-def eval_model(model: str | Path, task: str, out: Path) -> dict:
-    """`privtune eval --model MODEL --task TASK --out OUT` in its own process (one thread), with its CPU seconds; a
-    result already in `out` is reused."""
+def eval_model(model: str | Path, task: str, out: Path, cpu_before: float = 0.0) -> dict:
+    """`privtune eval --model MODEL --task TASK --out OUT` in its own process (one thread), with its CPU seconds plus
+    `cpu_before` (what producing MODEL cost); a result already in `out` is reused."""
     if not out.exists():
-        env = {**os.environ, "OMP_NUM_THREADS": str(frontier.THREADS)}
         cpu, _ = frontier.timed([sys.executable, "-m", "privtune", "eval", "--model", str(model), "--task", task,
-                                 "--out", str(out)], env)
-        out.write_text(json.dumps({**json.loads(out.read_text()), "cpu_s": cpu}, indent=2))
+                                 "--out", str(out)])
+        out.write_text(json.dumps({**json.loads(out.read_text()), "cpu_s": round(cpu + cpu_before, 1)}, indent=2))
     return json.loads(out.read_text())
 
 
@@ -100,14 +98,13 @@ def transfer_one(run: dict, task: str) -> dict:
         out.unlink(missing_ok=True)
         folder = run_dir.with_name(f"{run_dir.name}_export")
         shutil.rmtree(folder, ignore_errors=True)
-        env = {**os.environ, "OMP_NUM_THREADS": str(frontier.THREADS)}
-        cpu, _ = frontier.timed([sys.executable, "-m", "privtune", "export", str(run_dir), "--out", str(folder)], env)
+        cpu, _ = frontier.timed([sys.executable, "-m", "privtune", "export", str(run_dir), "--out", str(folder)])
         try:
-            res = eval_model(folder, task, out)
+            res = eval_model(folder, task, out, cpu_before=cpu)
         finally:
             shutil.rmtree(folder, ignore_errors=True)
-        out.write_text(json.dumps({**res, "cpu_s": round(res["cpu_s"] + cpu, 1)}, indent=2))
-    res = json.loads(out.read_text())
+    else:
+        res = json.loads(out.read_text())
     return {"mechanism": run["mechanism"], "seed": run["seed"], "accuracy": res["accuracy"], "total": res["total"],
             "choice_score": res["choice_score"], "cpu_s": res["cpu_s"]}
 

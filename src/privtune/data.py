@@ -128,7 +128,7 @@ class Task:
     eval: list[Example]
     label_names: list[str] | None = None  # label_names[label] as written in the files; None: integer labels
     type: str = "classification"
-    choice_score: str = DEFAULT_CHOICE_SCORE  # multiple_choice: "sum" or "mean" (per token) of a choice's token log-probs
+    choice_score: str = DEFAULT_CHOICE_SCORE  # multiple_choice: "sum" or "mean" (per token) of a choice's log-probs
     max_new_tokens: int = 32  # generation: greedy decoding stops after this many tokens ...
     stop: str = "\n"  # ... or at this string; training appends it to answers[0]
     text_column: str = "text"  # the column Example.text came from (a template may name it as {column} too)

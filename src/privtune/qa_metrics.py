@@ -48,9 +48,9 @@ def token_f1(pred: str, golds: Sequence[str]) -> float:
 def question_scores(preds: Sequence[str], golds_list: Sequence[Sequence[str]]) -> dict[str, list[float]]:
     """{"exact_match": [...], "f1": [...]}: each question's scores, fractions in [0, 1], in question order."""
     if len(preds) != len(golds_list):
-        raise ValueError(f"squad_scores: {len(preds)} predictions for {len(golds_list)} questions")
+        raise ValueError(f"question_scores: {len(preds)} predictions for {len(golds_list)} questions")
     if not preds:
-        raise ValueError("squad_scores: no questions to score")
+        raise ValueError("question_scores: no questions to score")
     return {"exact_match": [exact_match(p, g) for p, g in zip(preds, golds_list)],
             "f1": [token_f1(p, g) for p, g in zip(preds, golds_list)]}
 

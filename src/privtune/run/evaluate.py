@@ -104,5 +104,6 @@ def evaluate_base(model: str, task: str, split: str = "dev", limit: int | None =
     for key, (value, kind_needed) in only.items():  # before the model loads
         if value is not None and kind != kind_needed:
             flag = "--" + key.replace("_", "-")
-            raise ConfigError(f"task.{key} ({flag}): only for a {kind_needed.replace('_', '-')} task ({task} is {kind})")
+            raise ConfigError(f"task.{key} ({flag}): only for a {kind_needed.replace('_', '-')} task "
+                              f"({task} is {kind})")
     return _score(cfg, "eval" if data else split, callback=callback, data=data)
