@@ -18,7 +18,7 @@ a sweep on public data outside the pool, so it spends no privacy, and a method t
 throwaway one (TUNE_KEY), never a run's.
 
 Usage: python benchmarks/tune_qa.py --task squad|arc_easy [--grid 0.01,0.03,0.1] [--steps 100] [--val 128]
-           [--criterion loss|metric] [--config FILE (default configs/<task>_mezo.yaml)]
+           [--criterion loss|metric] [--config FILE (default configs/<task>_mezo.yaml)] [key=value ...]
 Writes benchmarks/results/tune_qa_<task>.json.
 """
 
@@ -34,7 +34,6 @@ import numpy as np
 import torch
 
 from privtune import methods as M
-from privtune.config import load_yaml
 from privtune.methods.base import method_class
 from privtune.run.keystore import SecretKey
 from privtune.run.setup import encode_examples, prepare
@@ -67,10 +66,10 @@ def main():
     ap.add_argument("--criterion", choices=["loss", "metric"], default="loss",
                     help="choose the lr by the final validation loss, or by its greedy F1 / accuracy")
     ap.add_argument("--config", default=None, help="the ZO config to tune (default configs/<task>_mezo.yaml)")
+    ap.add_argument("overrides", nargs="*", help="key=value applied to the config (e.g. task.min_new_tokens=0)")
     args = ap.parse_args()
     torch.set_num_threads(1)
-    data = load_yaml(args.config or REPO / "configs" / f"{args.task}_mezo.yaml")
-    cfg = M.build_config(data)
+    cfg = M.load_config(args.config or REPO / "configs" / f"{args.task}_mezo.yaml", args.overrides)
     setup = prepare(cfg, need_eval=False)
     rest = sorted(set(range(len(setup.task.train))) - set(setup.pool_index))
     val_idx = sorted(np.random.default_rng(VAL_SEED).choice(rest, size=args.val, replace=False).tolist())
@@ -108,7 +107,7 @@ def main():
     out.write_text(json.dumps({
         "benchmark": "tune_qa", "task": args.task, "command": " ".join(["tune_qa.py", *sys.argv[1:]]),
         "model": cfg.model.name, "method": cfg.method.model_dump(exclude={"lr"}),
-        "trainable": cfg.trainable.model_dump(), "pool_size": cfg.task.pool_size,
+        "trainable": cfg.trainable.model_dump(), "pool_size": cfg.task.pool_size, "overrides": args.overrides,
         "batch_size": getattr(cfg.method, "batch_size", None), "eps": cfg.method.eps,
         "lr_schedule": cfg.method.lr_schedule,
         "steps": args.steps, "criterion": args.criterion,

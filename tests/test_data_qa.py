@@ -110,9 +110,11 @@ def test_build_task_passes_the_new_keys(tmp_path):
     train = jsonl(tmp_path, "t.jsonl", [gen_row(), gen_row(answers="one string")])
     cfg = load_config(None, ["task.name=custom", "task.type=generation", f"task.train_path={train}",
                              f"task.eval_path={train}", "task.text_column=question", "task.max_new_tokens=7",
+                             "task.min_new_tokens=2",
                              "task.template=\"Context: {context}\\nQ: {text}\\nA:\""])
     task = build_task(cfg)
-    assert task.type == "generation" and task.max_new_tokens == 7 and task.stop == "\n"
+    assert task.type == "generation" and task.max_new_tokens == 7 and task.stop == "\n" and task.min_new_tokens == 2
+    assert build_task(load_config(None, ["task.name=squad"])).min_new_tokens == 1  # an answer is never empty
     assert task.train[1].answers == ("one string",)
     assert render_example(task.template, task.train[0]) == f"Context: ctx {SECRET}\nQ: {SECRET}\nA:"
     cfg = load_config(None, ["task.name=arc_easy", "task.choice_score=mean", "task.eval_limit=4"])
@@ -308,7 +310,8 @@ def test_error_custom_qa_task_needs_template(tmp_path):
 
 
 @pytest.mark.parametrize("key, value", [("choice_score", "max"), ("max_new_tokens", 0), ("stop", ""),
-                                        ("max_new_tokens", True)])
+                                        ("max_new_tokens", True), ("min_new_tokens", -1), ("min_new_tokens", 33),
+                                        ("min_new_tokens", 1.0)])
 def test_error_bad_decoding_arguments(key, value):
     config_error(f"task.{key}", load_task, "squad", **{key: value})
 

@@ -48,6 +48,7 @@ class TaskCfg(Strict):
     choice_score: Literal["sum", "mean"] | None = None  # multiple_choice: sum or per-token mean; null: the task's
     max_new_tokens: PosInt = 32  # generation: greedy decoding at eval stops after this many new tokens
     stop: Annotated[str, Field(min_length=1)] = "\n"  # generation: decoding stops at it; training appends it
+    min_new_tokens: Annotated[int, Field(ge=0)] = 1  # generation: ... but not before this many new tokens
     pool_size: PosInt = 1000  # balanced, seeded training pool (PACZero paper: N = 1000)
     eval_limit: PosInt | None = None  # evaluate on the first K eval examples only
     canaries: Annotated[int, Field(ge=0)] = 0  # audit mode: n PII canaries, each in the pool w.p. ½ (privtune audit)

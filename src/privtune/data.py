@@ -133,6 +133,7 @@ class Task:
     choice_score: str = DEFAULT_CHOICE_SCORE  # multiple_choice: "sum" or "mean" (per token) of a choice's log-probs
     max_new_tokens: int = 32  # generation: greedy decoding stops after this many tokens ...
     stop: str = "\n"  # ... or at this string; training appends it to answers[0]
+    min_new_tokens: int = 1  # generation: ... but never before this many (an empty answer is always wrong)
     text_column: str = "text"  # the column Example.text came from (a template may name it as {column} too)
 
     @property
@@ -588,7 +589,7 @@ def load_task(name: str, *, train_path: str | os.PathLike | None = None,
               label_column: str = "label", label_names: Sequence[str] | None = None, template: str | None = None,
               verbalizer: Sequence[str] | None = None, eval_limit: int | None = None, task_type: str | None = None,
               choices_column: str = "choices", answers_column: str = "answers", choice_score: str | None = None,
-              max_new_tokens: int = 32, stop: str = "\n", eval_split: str = "eval") -> Task:
+              max_new_tokens: int = 32, stop: str = "\n", eval_split: str = "eval", min_new_tokens: int = 1) -> Task:
     """A built-in task (see TASKS; any argument overrides the default) or "custom" (paths and template required,
     and a verbalizer for classification). `task_type` defaults to the built-in's type, classification for custom.
 
@@ -639,7 +640,7 @@ def load_task(name: str, *, train_path: str | os.PathLike | None = None,
     if task_type != "classification":
         return _load_qa_task(name, spec, task_type, resolve, train_path, eval_path, eval_default, text_column,
                              label_column, label_names, template, verbalizer, eval_limit, choices_column,
-                             answers_column, choice_score, max_new_tokens, stop)
+                             answers_column, choice_score, max_new_tokens, stop, min_new_tokens)
 
     template = _check_template(template if template is not None else spec.template)
     verbalizer = _check_verbalizer(verbalizer if verbalizer is not None else list(spec.verbalizer))
@@ -665,7 +666,7 @@ def load_task(name: str, *, train_path: str | os.PathLike | None = None,
 
 def _load_qa_task(name, spec, task_type, resolve, train_path, eval_path, eval_default, text_column, label_column,
                   label_names, template, verbalizer, eval_limit, choices_column, answers_column, choice_score,
-                  max_new_tokens, stop) -> Task:
+                  max_new_tokens, stop, min_new_tokens) -> Task:
     """load_task for multiple_choice and generation (arguments as there, already resolved)."""
     if verbalizer is not None:
         raise ConfigError("task.verbalizer: only classification tasks have label words (leave it unset for a "
@@ -680,6 +681,10 @@ def _load_qa_task(name, spec, task_type, resolve, train_path, eval_path, eval_de
         raise ConfigError(f"task.choice_score: must be one of {', '.join(CHOICE_SCORES)}, got {choice_score!r}")
     if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
         raise ConfigError(f"task.max_new_tokens: must be an integer >= 1, got {max_new_tokens!r}")
+    if (isinstance(min_new_tokens, bool) or not isinstance(min_new_tokens, int)
+            or not 0 <= min_new_tokens <= max_new_tokens):
+        raise ConfigError(f"task.min_new_tokens: must be an integer from 0 to task.max_new_tokens ({max_new_tokens}), "
+                          f"got {min_new_tokens!r}")
     if not isinstance(stop, str) or not stop:
         raise ConfigError(f"task.stop: must be a non-empty string, got {stop!r}")
     kwargs = dict(task_type=task_type, fields=template_fields(template), text_column=text_column,
@@ -692,7 +697,8 @@ def _load_qa_task(name, spec, task_type, resolve, train_path, eval_path, eval_de
     if eval_limit is not None:
         eval_ = eval_[:eval_limit]
     return Task(name=name, template=template, verbalizer=[], train=train, eval=eval_, type=task_type,
-                choice_score=choice_score, max_new_tokens=max_new_tokens, stop=stop, text_column=text_column)
+                choice_score=choice_score, max_new_tokens=max_new_tokens, stop=stop, min_new_tokens=min_new_tokens,
+                text_column=text_column)
 
 
 def _check_integer_labels(verbalizer: list[str], examples: Sequence[Example], train_file: Path,

@@ -61,6 +61,8 @@ MEANINGS = {
                          "normalised) of its tokens' log-probabilities after the prompt; the highest wins. null: "
                          "the task's (arc_easy sum, chosen on its dev split; every other task mean)",
     "task.max_new_tokens": "generation: eval decodes greedily up to this many new tokens",
+    "task.min_new_tokens": "generation: eval decoding cannot stop before this many new tokens (0 to "
+                           "task.max_new_tokens): a gold answer is never empty, so an empty one always scores 0",
     "task.stop": "generation: eval decoding stops at this string, and training appends it to the gold answer "
                  "(non-empty)",
     "task.pool_size": "seeded training pool: label-balanced for classification, a uniform sample for "

@@ -58,9 +58,13 @@ def test_compare_refuses_evals_decoded_differently(qa_paired):
     another prompt change the scores by themselves, so they are not a paired comparison of two models."""
     a = _eval([0.2, 0.0, 1.0], [0.0, 0.0, 1.0], max_new_tokens=24, stop="\n", template="Q: {text}\nA:")
     assert qa_paired.compare(a, dict(a))["f1"]["diff"] == 0.0
-    for key, other in (("max_new_tokens", 32), ("stop", "."), ("template", "{text}")):
+    for key, other in (("max_new_tokens", 32), ("stop", "."), ("template", "{text}"), ("min_new_tokens", 1)):
         with pytest.raises(ValueError, match=f"not decoded the same way: {key}"):
             qa_paired.compare(a, {**a, key: other})
+    # an eval written before min_new_tokens was recorded decoded with 0: it pairs with 0 and not with 1
+    assert qa_paired.compare(a, {**a, "min_new_tokens": 0})["f1"]["diff"] == 0.0
+    with pytest.raises(ValueError, match="min_new_tokens 0 vs 1"):
+        qa_paired.compare(a, {**a, "min_new_tokens": 1})
 
 
 def test_cli_writes_the_comparison_and_refuses_a_bad_file_with_one_line(tmp_path):
@@ -74,3 +78,20 @@ def test_cli_writes_the_comparison_and_refuses_a_bad_file_with_one_line(tmp_path
     assert json.loads((tmp_path / "p.json").read_text())["f1"]["n"] == 3
     r = subprocess.run([sys.executable, script, str(a), str(tmp_path / "missing.json")], capture_output=True, text=True)
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "missing.json" in r.stderr
+
+
+def test_seeds_average_question_by_question_and_share_tests_the_kept_fraction(qa_paired):
+    """Two seeds of B average per question; C keeps half of B's gain exactly, so its margin at 0.5 is 0, and above
+    0 at a lower bar; a seed decoded differently is refused like any pair."""
+    a = _eval([0.0, 0.0, 0.5, 0.5], [0.0, 0.0, 0.0, 0.0])
+    b = qa_paired.averaged([_eval([1.0, 0.0, 1.0, 0.5], [1.0, 0.0, 1.0, 0.0]),
+                            _eval([1.0, 1.0, 0.5, 0.5], [1.0, 1.0, 0.0, 0.0])])
+    assert b["per_question"]["f1"] == [1.0, 0.5, 0.75, 0.5] and b["averaged"] == 2
+    c = _eval([0.5, 0.25, 0.625, 0.5], [0.5, 0.5, 0.0, 0.0])  # half of B's gain on every question
+    r = qa_paired.share(a, b, c)
+    assert r["f1"]["share"] == pytest.approx(0.5) and r["f1"]["margin"]["diff"] == pytest.approx(0.0)
+    assert r["exact_match"]["share"] == pytest.approx(1.0 / 2.0)
+    assert qa_paired.share(a, b, c, at=0.25)["f1"]["margin"]["diff"] == pytest.approx(0.25 * 1.75 / 4)
+    assert qa_paired.share(a, a, c)["f1"]["share"] is None  # B gained nothing: no share to speak of
+    with pytest.raises(ValueError, match="min_new_tokens"):
+        qa_paired.averaged([a, {**a, "min_new_tokens": 1}])

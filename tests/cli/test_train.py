@@ -152,7 +152,7 @@ def test_eval_out_keeps_per_question_scores_of_a_generation_eval_split_only(tmp_
     assert sum(pq["f1"]) / 5 == pytest.approx(res["f1"]) and sum(pq["exact_match"]) / 5 == pytest.approx(
         res["exact_match"])
     assert all(0.0 <= f <= 1.0 for f in pq["f1"]) and set(pq["exact_match"]) <= {0.0, 1.0}
-    assert (res["max_new_tokens"], res["stop"]) == (32, "\n")  # how it decoded: qa_paired pairs only equal settings
+    assert (res["max_new_tokens"], res["min_new_tokens"], res["stop"]) == (32, 1, "\n")  # qa_paired pairs equal ones
     r = invoke("eval", "--model", "tiny", "--task", "squad", "--limit", "5", "--max-new-tokens", "2")
     assert r.exit_code == 0, r.stderr
     assert json.loads(r.stdout)["max_new_tokens"] == 2

@@ -37,6 +37,26 @@ def test_a_row_stops_at_its_stop_token_and_keeps_it():
     assert got == free[:free.index(free[2]) + 1]
 
 
+def test_min_new_tokens_masks_stop_tokens_until_then_and_changes_nothing_else():
+    """An answer cannot end before min_new_tokens: where greedy would stop at once, the best non-stop token is taken
+    instead; a row that would not stop there is decoded exactly as without the rule."""
+    model = build_tiny(3).model
+    prompts = [[1, 5, 9, 14, 3], [1, 7]]
+    free = [naive(model, p, 6, set()) for p in prompts]
+    stop = {free[0][0]}  # row 0 would stop at its first token
+    assert greedy(model, prompts, 6, stop)[0] == free[0][:1]
+    got = greedy(model, prompts, 6, stop, min_new_tokens=1)
+    with torch.no_grad():
+        logits = model(input_ids=torch.tensor([prompts[0]])).logits[0, -1].float()
+    logits[list(stop)] = float("-inf")
+    assert got[0][0] == int(logits.argmax()) and got[0][0] not in stop
+    if free[1][0] not in stop:
+        assert got[1][:1] == free[1][:1]
+    assert greedy(model, prompts, 6, stop, min_new_tokens=0) == greedy(model, prompts, 6, stop)
+    every = set(range(model.config.vocab_size)) - {free[0][1]}  # everything stops but one token
+    assert greedy(model, prompts[:1], 6, every, min_new_tokens=3)[0][:2] == [free[0][1]] * 2
+
+
 def test_cut_at():
     assert cut_at(" Paris\nQuestion: x", "\n") == "Paris"
     assert cut_at("  no stop ", "\n") == "no stop"

@@ -60,7 +60,8 @@ def _score(cfg, split: str, weights: dict | None = None, callback=None, data: st
     if setup.task.type == "multiple_choice":
         prompt["choice_score"] = setup.task.choice_score
     if setup.task.type == "generation":  # how the answers were decoded: two evals are comparable only if these agree
-        prompt |= {"max_new_tokens": setup.task.max_new_tokens, "stop": setup.task.stop}
+        prompt |= {"max_new_tokens": setup.task.max_new_tokens, "min_new_tokens": setup.task.min_new_tokens,
+                   "stop": setup.task.stop}
     return {**result, "model": cfg.model.name, "task": cfg.task.name, **where, **prompt}
 
 

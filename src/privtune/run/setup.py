@@ -46,7 +46,8 @@ def build_task(cfg) -> Task:
                      label_column=t.label_column, label_names=t.label_names, template=t.template,
                      verbalizer=t.verbalizer, eval_limit=t.eval_limit, task_type=t.type,
                      choices_column=t.choices_column, answers_column=t.answers_column,
-                     choice_score=t.choice_score, max_new_tokens=t.max_new_tokens, stop=t.stop)
+                     choice_score=t.choice_score, max_new_tokens=t.max_new_tokens, stop=t.stop,
+                     min_new_tokens=t.min_new_tokens)
 
 
 def build_model(cfg, task: Task | None = None) -> tuple[LoadedModel, Selection]:
@@ -113,7 +114,7 @@ def prepare(cfg, *, need_pool: bool = True, need_eval: bool = True, callback: Ca
     # the verbalizer, row by row, in both files, so no label check is repeated here
     verb = lm.codec.verbalizer_ids(task.verbalizer) if task.type == "classification" else []
     seq = None if task.type == "classification" else SeqSpec(task.type, task.choice_score, lm.codec, task.stop,
-                                                             task.max_new_tokens)
+                                                             task.max_new_tokens, task.min_new_tokens)
     engine = ZOEngine(sel, verb, device=device, micro_batch=cfg.train.micro_batch, use_cache=cfg.train.prefix_cache,
                       z_kernel=zk, seq=seq)
     setup = Setup(cfg, task, lm, sel, engine, verb)

@@ -15,9 +15,10 @@ from .forward import left_pad, length_sorted_chunks, position_ids
 
 @torch.no_grad()
 def greedy(model, prompts: list[list[int]], max_new_tokens: int, stop_ids: set[int], pad_id: int = 0,
-           device="cpu", micro_batch: int = 16, callback=None) -> list[list[int]]:
+           device="cpu", micro_batch: int = 16, callback=None, min_new_tokens: int = 0) -> list[list[int]]:
     """The greedily generated token ids after each prompt (at most max_new_tokens, ending with the stop token when
-    one was produced). `callback` gets {"event": "score", "done", "total"} after each micro-batch."""
+    one was produced; the first `min_new_tokens` are never stop tokens). `callback` gets {"event": "score", "done",
+    "total"} after each micro-batch."""
     from transformers import DynamicCache
 
     out: list[list[int]] = [[] for _ in prompts]
@@ -29,10 +30,12 @@ def greedy(model, prompts: list[list[int]], max_new_tokens: int, stop_ids: set[i
         pos = position_ids(attn)
         cache = DynamicCache()
         finished = torch.zeros(len(chunk), dtype=torch.bool, device=device)
-        for _ in range(int(max_new_tokens)):
+        for n in range(int(max_new_tokens)):
             logits = model(input_ids=ids, attention_mask=attn, position_ids=pos, cache=cache,
-                           use_cache=True, logits_to_keep=1).logits
-            nxt = logits[:, -1].float().argmax(-1)
+                           use_cache=True, logits_to_keep=1).logits[:, -1].float()
+            if n < min_new_tokens:
+                logits[:, stop] = float("-inf")
+            nxt = logits.argmax(-1)
             for r, j in enumerate(chunk):
                 if not finished[r]:
                     out[j].append(int(nxt[r]))

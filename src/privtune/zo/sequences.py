@@ -111,6 +111,7 @@ class SeqSpec:
     codec: object = None
     stop: str = "\n"
     max_new_tokens: int = 32
+    min_new_tokens: int = 1  # decoding never stops before this many new tokens
 
 
 class SequenceForward(Forward):
@@ -243,5 +244,5 @@ class SequenceForward(Forward):
         if codec is None:
             raise ValueError("SequenceForward.generate: no codec to decode with (SeqSpec.codec)")
         out = greedy(self.model, prompts, spec.max_new_tokens, codec.stop_ids(spec.stop), self.pad_id, self.device,
-                     max(1, min(self.micro_batch, 16)), callback)
+                     max(1, min(self.micro_batch, 16)), callback, spec.min_new_tokens)
         return [cut_at(codec.decode(ids), spec.stop) for ids in out]
