@@ -48,7 +48,7 @@ def averaged(results: list[dict]) -> dict:
     must be over the same questions and decoded the same way, as for compare()."""
     first = results[0]
     for r in results[1:]:
-        compare(first, r)  # the same checks, naming what differs
+        check_pair(first, r)
     n = len(results)
     pq = {m: [sum(r["per_question"][m][i] for r in results) / n for i in range(len(first["per_question"][m]))]
           for m in first["per_question"]}
@@ -57,7 +57,8 @@ def averaged(results: list[dict]) -> dict:
 
 def share(ra: dict, rb: dict, rc: dict, at: float = 0.5) -> dict:
     """How much of B's per-question gain over A C keeps: ΣΔC / ΣΔB, and the paired interval of mean(ΔC − at·ΔB)."""
-    compare(ra, rb), compare(ra, rc)
+    check_pair(ra, rb)
+    check_pair(ra, rc)
     out = {}
     for m in ra["per_question"]:
         a, b, c = (r["per_question"][m] for r in (ra, rb, rc))
@@ -69,19 +70,29 @@ def share(ra: dict, rb: dict, rc: dict, at: float = 0.5) -> dict:
     return out
 
 
-def compare(ra: dict, rb: dict) -> dict:
-    """paired() for every per-question metric of two `privtune eval --out` results over the same questions."""
+def _decoding(r: dict, key: str):
+    """How eval `r` decoded, by DECODING key (an eval from before the key existed: OLD_DECODING's value)."""
+    return r.get(key, OLD_DECODING.get(key))
+
+
+def check_pair(ra: dict, rb: dict) -> None:
+    """Refuse two `privtune eval --out` results that are not the same questions asked and decoded the same way,
+    naming what differs."""
     for name, r in (("A", ra), ("B", rb)):
         if "per_question" not in r:
             raise ValueError(f"{name}: no per_question scores (privtune eval --out on a generation task's eval split)")
     differ = [k for k in SAME if ra.get(k) != rb.get(k)]
     if differ:
         raise ValueError(f"not the same questions: {', '.join(f'{k} {ra.get(k)!r} vs {rb.get(k)!r}' for k in differ)}")
-    differ = [k for k in DECODING if ra.get(k, OLD_DECODING.get(k)) != rb.get(k, OLD_DECODING.get(k))]
+    differ = [k for k in DECODING if _decoding(ra, k) != _decoding(rb, k)]
     if differ:  # e.g. the base model decoded 32 tokens, the run's preset 24: eval --model ... --max-new-tokens 24
         raise ValueError("not decoded the same way: "
-                         + ", ".join(f"{k} {ra.get(k, OLD_DECODING.get(k))!r} vs {rb.get(k, OLD_DECODING.get(k))!r}"
-                                     for k in differ))
+                         + ", ".join(f"{k} {_decoding(ra, k)!r} vs {_decoding(rb, k)!r}" for k in differ))
+
+
+def compare(ra: dict, rb: dict) -> dict:
+    """paired() for every per-question metric of two `privtune eval --out` results over the same questions."""
+    check_pair(ra, rb)
     return {m: paired(ra["per_question"][m], rb["per_question"][m]) for m in ra["per_question"]}
 
 
